@@ -1,0 +1,139 @@
+"""The ``dockgate`` command line: serve, audit, check, policy lint.
+
+Each subcommand owns one function below. ``build_decider`` is the one place
+that chooses how requests are decided: a policy file, else the
+least-privilege variables (``ALLOW_RESTART_CONTAINERS``...), else the Tecnativa
+(or linuxserver) variables, exactly as the proxy being replaced read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from dockgate import __version__, settings
+from dockgate.decision import Decider
+from dockgate.errors import ConfigError
+
+log = logging.getLogger("dockgate")
+
+DESCRIPTION = """\
+dockgate: a least-privilege proxy for the Docker Engine API.
+
+It sits between a client and /var/run/docker.sock and forwards only the Docker
+API operations the client's policy allows. Without a policy file it is a
+drop-in for Tecnativa's docker-socket-proxy: same variables (CONTAINERS=1,
+POST=1, ALLOW_RESTARTS=1...), same decisions, port 2375, but denials the docker
+CLI can read.
+
+examples:
+  dockgate serve                                   # Tecnativa defaults: ping, version, events
+  CONTAINERS=1 dockgate audit                      # what these variables really grant
+  ALLOW_RESTART_CONTAINERS=gw dockgate serve       # only 'docker restart gw'
+  dockgate serve --policy policy.yaml              # per-client least-privilege policies
+  dockgate check --policy policy.yaml POST /containers/gw/restart
+"""
+
+
+def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
+    """The decider the settings and environment ask for (ConfigError if invalid)."""
+    from dockgate import compat, policy
+
+    if config.policy:
+        return policy.load_file(config.policy)
+    from_env = policy.from_env(env)
+    if from_env is not None:
+        return from_env
+    decider, warnings = compat.decider_from_env(env, config.compat)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return decider
+
+
+def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from dockgate import logs, server
+
+    config = settings.load(args, env)
+    logs.configure(config.log_level, config.log_format)
+    decider = build_decider(config, env)
+    return server.run(config, decider, reload=lambda: build_decider(config, env))
+
+
+def cmd_audit(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from dockgate import compat
+
+    config = settings.load(args, env)
+    print(compat.risk_report(env, config.compat), end="")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from dockgate import policy
+
+    config = settings.load(args, env)
+    decider = build_decider(config, env)
+    report, allowed = policy.explain(decider, args.method, args.target, client=args.client)
+    print(report)
+    return 0 if allowed else 1
+
+
+def cmd_policy_lint(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from dockgate import policy
+
+    for problem in policy.lint_file(args.file):
+        print(problem)
+        return 1
+    print(f"{args.file}: OK")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="dockgate", description=DESCRIPTION,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--version", action="version", version=f"dockgate {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the proxy",
+                           description="Run the proxy until SIGTERM/SIGINT; SIGHUP reloads "
+                           "the policy (an invalid new policy keeps the old one).")
+    settings.add_arguments(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    audit = sub.add_parser("audit", help="print what the Tecnativa variables really grant",
+                           description="Read the same variables as `serve` and print, in "
+                           "plain words, what they allow, flagging grants equivalent to root "
+                           "on the host. Serves nothing.")
+    settings.add_arguments(audit)
+    audit.set_defaults(handler=cmd_audit)
+
+    check = sub.add_parser("check", help="explain how one request would be decided",
+                           description="Classify METHOD TARGET, decide it under the "
+                           "configured policy and explain why. Exit 0 if allowed, 1 if not. "
+                           "Container references are shown unresolved (no daemon is asked).")
+    check.add_argument("method", metavar="METHOD", help="e.g. POST")
+    check.add_argument("target", metavar="TARGET", help="e.g. /v1.41/containers/gw/restart")
+    check.add_argument("--client", default=None,
+                       help="who asks: an IP address, uid=N, or cn=NAME [default: 127.0.0.1]")
+    settings.add_arguments(check)
+    check.set_defaults(handler=cmd_check)
+
+    policy_cmd = sub.add_parser("policy", help="policy file tools")
+    policy_sub = policy_cmd.add_subparsers(dest="policy_command", required=True,
+                                           metavar="ACTION")
+    lint = policy_sub.add_parser("lint", help="validate a policy file, with line numbers")
+    lint.add_argument("file", metavar="FILE")
+    lint.set_defaults(handler=cmd_policy_lint)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.handler(args, os.environ)
+    except ConfigError as error:
+        print(f"dockgate: {error}", file=sys.stderr)
+        return 2
+    return code

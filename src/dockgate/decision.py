@@ -1,0 +1,146 @@
+"""The decision point: the values every decider takes and returns.
+
+Theory of operation. The asyncio shell reads a request head, parses its target
+(``routes.parse_target``), classifies it (``routes.classify``) and asks the
+active ``Decider``. A decider is pure: no I/O, no awaiting. When it needs facts
+only the daemon has (which container does ``3fa1`` mean? what does the create
+body say?), it returns ``NeedFacts``; the shell fetches them and asks again with
+the filled ``Facts``. The answer is ``Allow`` or ``Deny``. ``Allow.target``
+lets a decider pin the object it checked: the shell forwards that target (the
+resolved full ID) instead of the client's reference, so the object checked is
+the object acted on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from dockgate.routes import Match, Target
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who is asking: the listener it came through and what that listener knows of it."""
+
+    listener: str
+    transport: Literal["tcp", "unix", "tls"]
+    address: str | None = None
+    port: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    pid: int | None = None
+    cert_cn: str | None = None
+    cert_sans: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """A short human form for logs: ``tcp:127.0.0.1:5123`` or ``unix:uid=1000``."""
+        if self.transport == "unix":
+            return f"unix:uid={self.uid},gid={self.gid},pid={self.pid}"
+        who = f"{self.transport}:{self.address}:{self.port}"
+        if self.cert_cn is not None:
+            who += f",cn={self.cert_cn}"
+        return who
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a decider sees of a request: the method, the parsed target, its route."""
+
+    method: str
+    target: Target
+    match: Match | None  # None: no Engine API route has this method and path
+
+
+@dataclass(frozen=True)
+class ContainerFacts:
+    """A container as the daemon resolved a reference to it."""
+
+    id: str
+    name: str  # without the leading "/"
+    labels: Mapping[str, str]
+    image: str = ""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Facts the shell fetched because a decider asked for them."""
+
+    # Keyed by the reference exactly as the client gave it; None means the daemon
+    # knows no such container (or the prefix is ambiguous).
+    containers: Mapping[str, ContainerFacts | None] = field(default_factory=dict)
+    # The whole request body, when a decider asked for it (bounded by the shell).
+    body: bytes | None = None
+
+
+NO_FACTS = Facts()
+
+
+@dataclass(frozen=True)
+class NeedFacts:
+    """Ask the shell to resolve these container references and/or read the body."""
+
+    containers: tuple[str, ...] = ()
+    body: bool = False
+
+
+class ResponseFilter(Protocol):
+    """Drops the items of a JSON list response or of a JSON-lines stream a client may not see."""
+
+    @property
+    def mode(self) -> Literal["json-list", "json-lines"]: ...
+
+    def keep(self, item: Mapping[str, Any]) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Allow:
+    """Forward the request. ``rule`` names what allowed it (for the audit log)."""
+
+    rule: str
+    target: str | None = None  # forward this raw target instead of the client's
+    response_filter: ResponseFilter | None = None
+
+
+@dataclass(frozen=True)
+class Deny:
+    """Answer ``status`` with ``{"message": message}``; forward nothing."""
+
+    message: str
+    status: int = 403
+    rule: str | None = None
+
+
+Decision = Allow | Deny | NeedFacts
+
+
+class Decider(Protocol):
+    """Decides requests. Implementations are pure and cheap; the shell sequences them."""
+
+    @property
+    def name(self) -> str: ...
+
+    def decide(self, client: Client, request: Request, facts: Facts) -> Decision: ...
+
+
+class AllowAll:
+    """Forwards every routable request. For tests and explicit ``--allow-all`` only."""
+
+    name = "allow-all"
+
+    def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
+        if request.match is None:
+            return Deny(f"dockgate: {request.method} {request.target.path} is not a Docker "
+                        "Engine API route", status=404, rule="no-route")
+        return Allow(rule="allow-all")
+
+
+class DenyAll:
+    """Denies everything: the default for a client no policy names."""
+
+    name = "deny-all"
+
+    def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
+        return Deny(f"dockgate: {request.method} {request.target.path} denied — no policy "
+                    f"grants anything to {client.describe()}", rule="deny-all")

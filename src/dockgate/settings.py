@@ -1,0 +1,248 @@
+"""The one settings table: it generates the ``serve`` flags, the environment
+lookups and the ``--help`` text, and parses every value with an error that
+names the variable and the value.
+
+Precedence: command-line flag, then environment variable, then default.
+Tecnativa's own variable names (``SOCKET_PATH``, ``LOG_LEVEL``,
+``DISABLE_IPV6``) are kept so dockgate is a drop-in; dockgate's own settings use
+the ``DOCKGATE_`` prefix. The access-policy variables (``CONTAINERS``, ``POST``,
+``ALLOW_*``...) are not settings: ``compat`` reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dockgate.errors import ConfigError
+
+LOG_LEVELS = {
+    # HAProxy/syslog names Tecnativa documents, mapped onto Python's levels.
+    "debug": "DEBUG",
+    "info": "INFO",
+    "notice": "INFO",
+    "warning": "WARNING",
+    "err": "ERROR",
+    "error": "ERROR",
+    "crit": "CRITICAL",
+    "critical": "CRITICAL",
+    "alert": "CRITICAL",
+    "emerg": "CRITICAL",
+}
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value, 10)
+    if number <= 0:
+        raise ValueError("must be a whole number greater than 0")
+    return number
+
+
+def _octal_mode(value: str) -> int:
+    mode = int(value, 8)
+    if not 0 <= mode <= 0o777:
+        raise ValueError("must be an octal file mode such as 660")
+    return mode
+
+
+def _log_level(value: str) -> str:
+    try:
+        return LOG_LEVELS[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}") from None
+
+
+def _log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ValueError("must be 'text' or 'json'")
+    return value
+
+
+def _compat(value: str) -> str:
+    if value not in ("tecnativa", "linuxserver"):
+        raise ValueError("must be 'tecnativa' or 'linuxserver'")
+    return value
+
+
+def _yes_no(value: str) -> bool:
+    # DISABLE_IPV6 as Tecnativa's start script reads it: 1, true or yes.
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("", "0", "false", "no"):
+        return False
+    raise ValueError("must be 1/true/yes or 0/false/no")
+
+
+def _listen_list(value: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in value.split(",") if part.strip())
+    for item in items:
+        if not item.startswith(("tcp://", "unix://", "tls://")):
+            raise ValueError(f"{item!r} must start with tcp://, tls:// or unix://")
+    return items
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str                  # attribute on Settings
+    env: str                   # environment variable
+    flag: str                  # command-line flag
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str = "VALUE"
+
+
+TABLE: tuple[Setting, ...] = (
+    Setting("listen", "DOCKGATE_LISTEN", "--listen", _listen_list, None,
+            "where to accept clients, comma-separated or repeated: tcp://HOST:PORT, "
+            "tls://HOST:PORT (needs --tls-cert/--tls-key), unix:///PATH "
+            "[default: tcp://[::]:2375, or tcp://0.0.0.0:2375 with DISABLE_IPV6]", "URL"),
+    Setting("disable_ipv6", "DISABLE_IPV6", "--disable-ipv6", _yes_no, False,
+            "listen on IPv4 only by default (1/true/yes)", "BOOL"),
+    Setting("socket_path", "SOCKET_PATH", "--socket-path", _text, "/var/run/docker.sock",
+            "the Docker daemon's unix socket", "PATH"),
+    Setting("upstream", "DOCKGATE_UPSTREAM", "--upstream", _text, None,
+            "the daemon as unix:///PATH or tcp://HOST:PORT; overrides --socket-path", "URL"),
+    Setting("socket_mode", "DOCKGATE_SOCKET_MODE", "--socket-mode", _octal_mode, 0o660,
+            "file mode of unix listener sockets, octal", "MODE"),
+    Setting("socket_owner", "DOCKGATE_SOCKET_OWNER", "--socket-owner", _text, None,
+            "owner (user name or uid) of unix listener sockets", "USER"),
+    Setting("socket_group", "DOCKGATE_SOCKET_GROUP", "--socket-group", _text, None,
+            "group (name or gid) of unix listener sockets", "GROUP"),
+    Setting("policy", "DOCKGATE_POLICY", "--policy", _text, None,
+            "YAML policy file; without it the Tecnativa variables (CONTAINERS, POST, "
+            "ALLOW_RESTARTS...) decide", "FILE"),
+    Setting("compat", "DOCKGATE_COMPAT", "--compat", _compat, "tecnativa",
+            "which proxy's variables to honour without a policy file: tecnativa or "
+            "linuxserver", "NAME"),
+    Setting("log_level", "LOG_LEVEL", "--log-level", _log_level, "INFO",
+            "debug, info, notice, warning, err, crit, alert or emerg", "LEVEL"),
+    Setting("log_format", "DOCKGATE_LOG_FORMAT", "--log-format", _log_format, "text",
+            "text or json, for diagnostics and the per-request line", "FORMAT"),
+    Setting("max_header_bytes", "DOCKGATE_MAX_HEADER_BYTES", "--max-header-bytes",
+            _positive_int, 65536, "largest request head accepted (431 above)", "BYTES"),
+    Setting("max_inspect_bytes", "DOCKGATE_MAX_INSPECT_BYTES", "--max-inspect-bytes",
+            _positive_int, 4 * 1024 * 1024,
+            "largest request body a policy may inspect (413 above, never forwarded "
+            "uninspected)", "BYTES"),
+    Setting("header_timeout", "DOCKGATE_HEADER_TIMEOUT", "--header-timeout",
+            _positive_float, 10.0, "seconds a client has to send a whole request head",
+            "SECONDS"),
+    Setting("idle_timeout", "DOCKGATE_IDLE_TIMEOUT", "--idle-timeout", _positive_float,
+            120.0, "seconds an idle keep-alive client connection is kept", "SECONDS"),
+    Setting("connect_timeout", "DOCKGATE_CONNECT_TIMEOUT", "--connect-timeout",
+            _positive_float, 5.0, "seconds to connect to the daemon before answering 502",
+            "SECONDS"),
+    Setting("shutdown_grace", "DOCKGATE_SHUTDOWN_GRACE", "--shutdown-grace", _positive_float,
+            10.0, "seconds in-flight requests get to finish on SIGTERM/SIGINT", "SECONDS"),
+    Setting("tls_cert", "DOCKGATE_TLS_CERT", "--tls-cert", _text, None,
+            "server certificate (PEM) for tls:// listeners", "FILE"),
+    Setting("tls_key", "DOCKGATE_TLS_KEY", "--tls-key", _text, None,
+            "server private key (PEM) for tls:// listeners", "FILE"),
+    Setting("tls_ca", "DOCKGATE_TLS_CA", "--tls-ca", _text, None,
+            "CA bundle; when set, tls:// clients must present a certificate it signed "
+            "(the docker client's DOCKER_TLS_VERIFY setup)", "FILE"),
+    Setting("metrics_listen", "DOCKGATE_METRICS_LISTEN", "--metrics-listen", _text, None,
+            "HOST:PORT for Prometheus metrics (off when unset)", "HOST:PORT"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: tuple[str, ...] | None
+    disable_ipv6: bool
+    socket_path: str
+    upstream: str | None
+    socket_mode: int
+    socket_owner: str | None
+    socket_group: str | None
+    policy: str | None
+    compat: str
+    log_level: str
+    log_format: str
+    max_header_bytes: int
+    max_inspect_bytes: int
+    header_timeout: float
+    idle_timeout: float
+    connect_timeout: float
+    shutdown_grace: float
+    tls_cert: str | None
+    tls_key: str | None
+    tls_ca: str | None
+    metrics_listen: str | None
+
+    @property
+    def listeners(self) -> tuple[str, ...]:
+        """The listener URLs in effect, defaults applied."""
+        if self.listen:
+            return self.listen
+        return ("tcp://0.0.0.0:2375",) if self.disable_ipv6 else ("tcp://[::]:2375",)
+
+    @property
+    def upstream_url(self) -> str:
+        """The daemon URL in effect: --upstream, else unix://SOCKET_PATH."""
+        return self.upstream or f"unix://{self.socket_path}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; the help names the environment variable."""
+    group = parser.add_argument_group("settings (flag, else environment variable, else default)")
+    for setting in TABLE:
+        default = "" if setting.default is None else f" [default: {_show(setting)}]"
+        extra = {"action": "append"} if setting.name == "listen" else {}
+        group.add_argument(setting.flag, dest=setting.name, metavar=setting.metavar,
+                           default=None, help=f"{setting.help} (env {setting.env}){default}",
+                           **extra)
+
+
+def _show(setting: Setting) -> str:
+    if setting.name == "socket_mode":
+        return f"{setting.default:o}"
+    return str(setting.default)
+
+
+def load(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
+    """Build Settings from parsed flags and the environment; ConfigError names what is wrong."""
+    values: dict[str, Any] = {}
+    for setting in TABLE:
+        flag_value = getattr(args, setting.name, None) if args is not None else None
+        if isinstance(flag_value, list):
+            flag_value = ",".join(flag_value)
+        if flag_value is not None:
+            values[setting.name] = _parse(setting, flag_value, setting.flag)
+        elif setting.env in env:
+            values[setting.name] = _parse(setting, env[setting.env], setting.env)
+        else:
+            values[setting.name] = setting.default
+    settings = Settings(**values)
+    if any(url.startswith("tls://") for url in settings.listeners) and not (
+        settings.tls_cert and settings.tls_key
+    ):
+        raise ConfigError("a tls:// listener needs --tls-cert and --tls-key "
+                          "(DOCKGATE_TLS_CERT, DOCKGATE_TLS_KEY)")
+    return settings
+
+
+def _parse(setting: Setting, raw: str, source: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as error:
+        raise ConfigError(f"{source}={raw!r} is invalid: {error}") from None
+
+
+def env_names() -> Sequence[str]:
+    return [setting.env for setting in TABLE]

@@ -1,0 +1,173 @@
+"""Shared fixtures: the real daemon, locally built test images, and dockgate processes.
+
+Tests talk to the real dockerd on /var/run/docker.sock (started by scripts/test or
+.ci/run). Nothing is pulled: the busybox test image is imported from Debian's
+busybox-static. Every container a test creates is named with the ``dgtest-``
+prefix, runs with ``--network none`` and is removed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import pytest
+
+DOCKER_SOCKET = os.environ.get("DOCKGATE_TEST_SOCKET", "/var/run/docker.sock")
+BUSYBOX_IMAGE = "dockgate-test/busybox:latest"
+NAME_PREFIX = "dgtest-"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def unique_name(stem: str) -> str:
+    """A container name unique to this run, with the prefix the cleanup looks for."""
+    return f"{NAME_PREFIX}{stem}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def build_busybox_image(client: docker.DockerClient) -> None:
+    """Import a one-binary busybox rootfs as BUSYBOX_IMAGE (no registry needed)."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not Path(busybox).exists():
+        raise RuntimeError("busybox-static is not installed: apt-get install busybox-static")
+    with tempfile.TemporaryDirectory() as root:
+        rootfs = Path(root) / "rootfs"
+        for sub in ("bin", "tmp", "etc", "proc", "sys", "dev"):
+            (rootfs / sub).mkdir(parents=True)
+        shutil.copy(busybox, rootfs / "bin" / "busybox")
+        applets = subprocess.run([busybox, "--list"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        for applet in applets:
+            if applet != "busybox":
+                (rootfs / "bin" / applet).symlink_to("busybox")
+        (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
+                                               "nobody:x:65534:65534::/:/bin/sh\n")
+        (rootfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True,
+                             check=True).stdout
+        client.api.import_image_from_data(tar, repository="dockgate-test/busybox", tag="latest",
+                                          changes=['CMD ["/bin/sh"]', "ENV PATH=/bin"])
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """docker-py straight to the daemon's socket (the 'direct access' side of every comparison)."""
+    client = docker.DockerClient(base_url=f"unix://{DOCKER_SOCKET}", timeout=120)
+    try:
+        client.ping()
+    except Exception as error:  # noqa: BLE001 - any failure here means no daemon
+        pytest.fail(f"no Docker daemon on {DOCKER_SOCKET} ({error}); "
+                    "start it with scripts/test or: dockerd --bridge=none --iptables=false "
+                    "--ip6tables=false &")
+    yield client
+    for container in client.containers.list(all=True, filters={"name": NAME_PREFIX}):
+        container.remove(force=True)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: docker.DockerClient) -> str:
+    """The busybox test image, imported once per machine."""
+    try:
+        docker_client.images.get(BUSYBOX_IMAGE)
+    except docker.errors.ImageNotFound:
+        build_busybox_image(docker_client)
+    return BUSYBOX_IMAGE
+
+
+@dataclass
+class DockgateProcess:
+    """A `dockgate serve` subprocess listening on a loopback TCP port."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def docker_host(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+StartDockgate = Callable[..., DockgateProcess]
+
+
+@pytest.fixture
+def start_dockgate(tmp_path: Path) -> Iterator[StartDockgate]:
+    """Factory: start dockgate with the given env and extra args; stopped after the test.
+
+    ``start_dockgate(env={"CONTAINERS": "1"}, args=["--policy", path])`` returns a
+    DockgateProcess whose ``docker_host`` is ready for DOCKER_HOST. By default it
+    listens on a free 127.0.0.1 port and forwards to the real daemon.
+    """
+    started: list[DockgateProcess] = []
+
+    def start(env: Mapping[str, str] | None = None, args: list[str] | None = None,
+              port: int | None = None, upstream: str | None = None,
+              wait: bool = True) -> DockgateProcess:
+        port = port or free_port()
+        log_path = tmp_path / f"dockgate-{port}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        full_env.update(env or {})
+        command = [sys.executable, "-m", "dockgate", "serve",
+                   "--listen", f"tcp://127.0.0.1:{port}",
+                   "--upstream", upstream or f"unix://{DOCKER_SOCKET}", *(args or [])]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, env=full_env, stdout=log,
+                                       stderr=subprocess.STDOUT)
+        proxy = DockgateProcess(port, process, log_path)
+        started.append(proxy)
+        if wait:
+            try:
+                wait_for_port(port)
+            except TimeoutError:
+                proxy.stop()
+                raise RuntimeError(f"dockgate did not start:\n{proxy.log()}") from None
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
