@@ -8,6 +8,7 @@ prefix, runs with ``--network none`` and is removed at the end of the session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -82,13 +83,15 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client = docker.DockerClient(base_url=f"unix://{DOCKER_SOCKET}", timeout=120)
     try:
         client.ping()
-    except Exception as error:  # noqa: BLE001 - any failure here means no daemon
+    except Exception as error:
         pytest.fail(f"no Docker daemon on {DOCKER_SOCKET} ({error}); "
                     "start it with scripts/test or: dockerd --bridge=none --iptables=false "
                     "--ip6tables=false &")
     yield client
     for container in client.containers.list(all=True, filters={"name": NAME_PREFIX}):
-        container.remove(force=True)
+        # It may be gone meanwhile (--rm, or a concurrent test session).
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
     client.close()
 
 

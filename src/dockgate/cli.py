@@ -54,11 +54,13 @@ def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
 
 
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from dockgate import logs, server
+    from dockgate import compat, logs, server
 
     config = settings.load(args, env)
     logs.configure(config.log_level, config.log_format)
     decider = build_decider(config, env)
+    if isinstance(decider, compat.TecnativaDecider):
+        log.info("%s", compat.risk_report(env, config.compat, warnings=False).rstrip())
     return server.run(config, decider, reload=lambda: build_decider(config, env))
 
 

@@ -1,0 +1,31 @@
+# dockgate container image, built offline by scripts/build-image:
+#   - BASE is a local image with python3 and python3-venv (scripts/build-image makes
+#     dockgate-test/python-base with debootstrap); nothing is pulled;
+#   - the build context holds a wheelhouse of dockgate and its dependencies, built on
+#     the host with `pip wheel`; the RUN steps install from it with --no-index.
+# Runs as uid 10001. To reach /var/run/docker.sock (root:docker, mode 660) the
+# container needs the socket's group: `group_add: ["<gid of the socket>"]` in compose,
+# `--group-add "$(stat -c %g /var/run/docker.sock)"` with docker run (docs/mcp-gateway.md).
+ARG BASE=dockgate-test/python-base
+FROM ${BASE}
+
+COPY wheelhouse/ /tmp/wheelhouse/
+RUN python3 -m venv /opt/dockgate \
+    && /opt/dockgate/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \
+        --find-links /tmp/wheelhouse dockgate \
+    && rm -rf /tmp/wheelhouse \
+    && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin dockgate
+COPY healthcheck.py /opt/dockgate/healthcheck.py
+
+ENV PATH=/opt/dockgate/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 10001:10001
+EXPOSE 2375
+# GET /_ping through the proxy itself, on the listener DOCKGATE_LISTEN names
+# (default tcp port 2375): healthy only when the proxy answers and the daemon says OK.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/opt/dockgate/bin/python", "/opt/dockgate/healthcheck.py"]
+ENTRYPOINT ["dockgate"]
+CMD ["serve"]

@@ -1,0 +1,348 @@
+"""dockgate vs HAProxy (Tecnativa's rules) vs direct access, in one run.
+
+    python bench/run.py                 # about 2 minutes
+    python bench/run.py --duration 10   # longer, steadier numbers
+
+A fast upstream (nginx on a unix socket, also on a loopback TCP port for the 'direct'
+baseline, which wrk needs) serves ``/_ping``, a small ``/containers/json`` and a 1 GiB
+response. In front of it: HAProxy 2.6 with tests/haproxy/tecnativa.cfg (the same
+configuration the differential test checks dockgate against) and dockgate in Tecnativa
+mode, both with ``CONTAINERS=1`` and production logging (``LOG_LEVEL=info``: one line per
+request for both). wrk drives keep-alive GETs at 1, 50 and 200 connections; curl
+downloads the 1 GiB stream. Results: a table on stdout, and JSON plus Markdown in
+bench/results/ (gitignored).
+
+Nothing here is a pytest test: the numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+HAPROXY_CONFIG = ROOT / "tests" / "haproxy" / "tecnativa.cfg"
+STREAM_PATH = "/containers/bench/export"
+STREAM_BYTES = 1 << 30
+STREAM_RUNS = 3
+CONTAINERS_JSON = json.dumps([{"Id": "0" * 64, "Names": ["/bench"], "Image": "busybox",
+                               "State": "running", "Status": "Up 1 second"}])
+TARGETS = ("direct", "haproxy", "dockgate")
+
+NGINX_CONFIG = """\
+# Upstream for bench/run.py: answers like a fast daemon, on a unix socket and on TCP.
+worker_processes 1;
+error_log {work}/nginx-error.log warn;
+pid {work}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    sendfile on;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    server {{
+        listen unix:{work}/upstream.sock;
+        listen 127.0.0.1:{port};
+        location = /_ping {{ default_type text/plain; return 200 "OK"; }}
+        location = /containers/json {{
+            default_type application/json;
+            return 200 '{containers_json}';
+        }}
+        location = {stream_path} {{
+            default_type application/x-tar;
+            alias {work}/stream.bin;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Load:
+    target: str
+    path: str
+    connections: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: str
+
+
+@dataclass
+class Verdict:
+    name: str
+    wanted: str
+    measured: str
+    met: bool
+
+
+@dataclass
+class Stream:
+    target: str
+    megabytes_per_s: float
+    seconds: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+
+    def version(command: list[str]) -> str:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        return (done.stdout + done.stderr).strip().splitlines()[0]
+
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "haproxy": version(["haproxy", "-v"]),
+        "nginx": version(["nginx", "-v"]),
+        "wrk": version(["wrk", "-v"]),
+        "loadavg_at_start": " ".join(f"{load:.2f}" for load in os.getloadavg()),
+    }
+
+
+@contextmanager
+def started(command: list[str], env: dict[str, str], port: int, log: Path
+            ) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(port)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def proxy_env(extra: dict[str, str]) -> dict[str, str]:
+    """A clean environment with Tecnativa's defaults and CONTAINERS=1, as in production."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    env.update({"EVENTS": "1", "PING": "1", "VERSION": "1", "CONTAINERS": "1",
+                "LOG_LEVEL": "info"})
+    env.update(extra)
+    return env
+
+
+def check(port: int, path: str, expected: bytes | None) -> None:
+    """One request before measuring: the path must be forwarded and answered in full."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+                     .encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200") or (expected is not None and body != expected):
+        raise SystemExit(f"127.0.0.1:{port}{path} answered {head[:200]!r}: check the setup")
+
+
+_LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(target: str, port: int, path: str, connections: int, duration: int) -> Load:
+    threads = min(connections, 2)
+    done = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d",
+                           f"{duration}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+                          capture_output=True, text=True, check=True,
+                          timeout=duration + 30)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
+    latencies = {p: float(v) * _UNIT_MS[u] for p, v, u in _LATENCY.findall(done.stdout)}
+    if rate is None or set(latencies) != {"50", "99"}:
+        raise SystemExit(f"cannot read wrk's output:\n{done.stdout}{done.stderr}")
+    errors = " ".join(line.strip() for line in done.stdout.splitlines()
+                      if "Non-2xx" in line or "Socket errors" in line)
+    return Load(target, path, connections, float(rate.group(1)), latencies["50"],
+                latencies["99"], errors)
+
+
+def stream(target: str, port: int) -> Stream:
+    done = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w",
+                           "%{http_code} %{size_download} %{time_total}",
+                           f"http://127.0.0.1:{port}{STREAM_PATH}"],
+                          capture_output=True, text=True, check=True, timeout=600)
+    status, size, seconds = done.stdout.split()
+    if status != "200" or int(size) != STREAM_BYTES:
+        raise SystemExit(f"{target}: the 1 GiB stream answered {status} with {size} bytes")
+    return Stream(target, STREAM_BYTES / float(seconds) / 1e6, float(seconds))
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def summarize(loads: list[Load], streams: list[Stream]) -> tuple[list[str], list[Verdict]]:
+    """The Markdown table lines and the target verdicts."""
+    by_key = {(load.target, load.path, load.connections): load for load in loads}
+    lines = ["| path | conns | direct req/s | HAProxy req/s | dockgate req/s | dockgate/HAProxy "
+             "| dockgate/direct | p50 ms (direct/HAProxy/dockgate) | p99 ms "
+             "(direct/HAProxy/dockgate) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for path, connections in sorted({(load.path, load.connections) for load in loads}):
+        row = [by_key[(target, path, connections)] for target in TARGETS]
+        direct, haproxy, dockgate = row
+        lines.append(
+            f"| {path} | {connections} | {direct.requests_per_s:,.0f} | "
+            f"{haproxy.requests_per_s:,.0f} | {dockgate.requests_per_s:,.0f} | "
+            f"{ratio(dockgate.requests_per_s, haproxy.requests_per_s):.2f}x | "
+            f"{ratio(dockgate.requests_per_s, direct.requests_per_s):.2f}x | "
+            f"{' / '.join(f'{load.p50_ms:.2f}' for load in row)} | "
+            f"{' / '.join(f'{load.p99_ms:.2f}' for load in row)} |")
+    mbs = {s.target: s.megabytes_per_s for s in streams}
+    lines += ["", "| 1 GiB stream | direct | HAProxy | dockgate | dockgate/HAProxy | "
+              "dockgate/direct |", "|---|---:|---:|---:|---:|---:|",
+              f"| MB/s | {mbs['direct']:,.0f} | {mbs['haproxy']:,.0f} | {mbs['dockgate']:,.0f} | "
+              f"{ratio(mbs['dockgate'], mbs['haproxy']):.2f}x | "
+              f"{ratio(mbs['dockgate'], mbs['direct']):.2f}x |"]
+    ping50 = ratio(by_key[("dockgate", "/_ping", 50)].requests_per_s,
+                   by_key[("haproxy", "/_ping", 50)].requests_per_s)
+    p50 = (by_key[("dockgate", "/_ping", 1)].p50_ms, by_key[("haproxy", "/_ping", 1)].p50_ms)
+    stream_ratio = ratio(mbs["dockgate"], mbs["haproxy"])
+    verdicts = [
+        Verdict("/_ping c=50 req/s, dockgate/HAProxy", ">= 1.0", f"{ping50:.2f}x",
+                ping50 >= 1.0),
+        Verdict("/_ping c=1 p50, dockgate vs HAProxy", "dockgate <= HAProxy",
+                f"{p50[0]:.3f} ms vs {p50[1]:.3f} ms", p50[0] <= p50[1]),
+        Verdict("1 GiB stream MB/s, dockgate/HAProxy", ">= 1.0", f"{stream_ratio:.2f}x",
+                stream_ratio >= 1.0),
+    ]
+    lines += ["", "| issue target | wanted | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {v.name} | {v.wanted} | {v.measured} | {'yes' if v.met else 'NO'} |"
+              for v in verdicts]
+    return lines, verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--connections", default="1,50,200",
+                        help="comma-separated wrk connection counts")
+    parser.add_argument("--log-level", default="info",
+                        help="LOG_LEVEL for both proxies (info is production's default)")
+    args = parser.parse_args(argv)
+    connections = [int(c) for c in args.connections.split(",")]
+    for tool in ("nginx", "haproxy", "wrk", "curl"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"{tool} is not installed")
+    info = machine()
+    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Linux {info['kernel']}, "
+          f"Python {info['python']}, load average {info['loadavg_at_start']}", flush=True)
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+        print("warning: the machine is busy; numbers will be noisy", flush=True)
+    loads: list[Load] = []
+    streams: list[Stream] = []
+    with tempfile.TemporaryDirectory(prefix="dockgate-bench-") as tmp:
+        work = Path(tmp)
+        with (work / "stream.bin").open("wb") as big:
+            big.truncate(STREAM_BYTES)
+        os.chmod(work, 0o755)
+        ports = {target: free_port() for target in TARGETS}
+        (work / "nginx.conf").write_text(NGINX_CONFIG.format(
+            work=work, port=ports["direct"], containers_json=CONTAINERS_JSON,
+            stream_path=STREAM_PATH))
+        upstream = work / "upstream.sock"
+        env = proxy_env({"LOG_LEVEL": args.log_level})
+        nginx = ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g",
+                 "daemon off;"]
+        haproxy = ["haproxy", "-db", "-f", str(HAPROXY_CONFIG)]
+        haproxy_env = {**env, "DG_HAPROXY_BIND": f"127.0.0.1:{ports['haproxy']}",
+                       "DG_HAPROXY_UPSTREAM": str(upstream),
+                       "DG_HAPROXY_LOG_LEVEL": args.log_level}
+        dockgate = [sys.executable, "-m", "dockgate", "serve", "--listen",
+                    f"tcp://127.0.0.1:{ports['dockgate']}", "--upstream", f"unix://{upstream}"]
+        with (started(nginx, env, ports["direct"], work / "nginx.log"),
+              started(haproxy, haproxy_env, ports["haproxy"], work / "haproxy.log"),
+              started(dockgate, env, ports["dockgate"], work / "dockgate.log")):
+            for target in TARGETS:
+                check(ports[target], "/_ping", b"OK")
+                check(ports[target], "/containers/json", CONTAINERS_JSON.encode())
+            for path in ("/_ping", "/containers/json"):
+                for count in connections:
+                    for target in TARGETS:
+                        print(f"wrk {target:<8} GET {path:<16} c={count:<3} "
+                              f"{args.duration}s ...", end=" ", flush=True)
+                        load = wrk(target, ports[target], path, count, args.duration)
+                        loads.append(load)
+                        print(f"{load.requests_per_s:>9,.0f} req/s  p50 {load.p50_ms:.2f} ms  "
+                              f"p99 {load.p99_ms:.2f} ms {load.errors}", flush=True)
+            # The first read of the sparse file fills the page cache: keep it out of the numbers.
+            stream("warm-up", ports["direct"])
+            for target in TARGETS:
+                print(f"curl {target:<8} GET {STREAM_PATH} (1 GiB) x{STREAM_RUNS} ...", end=" ",
+                      flush=True)
+                runs = sorted((stream(target, ports[target]) for _ in range(STREAM_RUNS)),
+                              key=lambda run: run.megabytes_per_s)
+                streams.append(runs[len(runs) // 2])
+                print(" ".join(f"{run.megabytes_per_s:,.0f}" for run in runs)
+                      + " MB/s (median kept)", flush=True)
+    table, verdicts = summarize(loads, streams)
+    print("\n" + "\n".join(table))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    document = {"time": stamp, "command": command.strip(), "machine": info,
+                "duration_s": args.duration, "log_level": args.log_level,
+                "loads": [asdict(load) for load in loads],
+                "streams": [asdict(s) for s in streams],
+                "targets": [asdict(v) for v in verdicts]}
+    markdown = [f"# dockgate benchmark {stamp}", "",
+                f"`{command.strip()}` on {info['nproc']} CPUs ({info['cpu']}), Linux "
+                f"{info['kernel']}, Python {info['python']}; {info['haproxy']}; "
+                f"{info['nginx']}; LOG_LEVEL={args.log_level} for both proxies; load average "
+                f"{info['loadavg_at_start']} at start.", "", *table]
+    for name in (f"bench-{stamp}", "latest"):
+        (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
+        (RESULTS / f"{name}.md").write_text("\n".join(markdown) + "\n")
+    print(f"\nwrote {RESULTS / f'bench-{stamp}.json'} and .md (also latest.json, latest.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

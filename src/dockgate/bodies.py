@@ -1,0 +1,206 @@
+"""Container-create body inspection with the daemon's JSON semantics (pure).
+
+Theory of operation. dockerd decodes ``POST /containers/create`` with Go's
+``encoding/json``, so this module reads the body the same way before a policy
+judges it, or refuses to judge it:
+
+- field names match case-insensitively (``hostconfig`` is ``HostConfig``; Go's
+  folding also maps the long s U+017F to ``s`` and the Kelvin sign U+212A to ``k``:
+  ``casefold`` covers both), and the last duplicate wins whatever its case;
+- ``null`` leaves a bool/string field as it was in Go, so a later ``null`` never
+  hides an earlier value here (stricter than Go for slices, never looser);
+- ``\\uXXXX`` escapes are decoded by the JSON parser before names are compared;
+- anything that is not strict UTF-8 JSON with an object at the top, or holds a
+  checked field of the wrong type, is unparseable: the caller denies it.
+
+dockerd (runconfig.ContainerConfigWrapper) also reads host-config fields from
+the TOP level of the body when ``HostConfig`` is absent (a deprecated embedded
+struct), so every host-config check looks at both places.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+# The constraint names a policy can list under ``create: deny:``.
+CHECKS = ("privileged", "host-mounts", "host-namespaces", "capabilities", "devices",
+          "security-options", "root-user")
+
+# Docker's rule for named volumes (volume/local: validName without the length rule).
+_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+_NUMERIC_USER = re.compile(r"^([0-9]+)(:[0-9]+)?$")
+_NAMESPACE_FIELDS = {
+    # field (folded) -> values that keep the container in its own namespace
+    "pidmode": frozenset({"", "private"}),
+    "ipcmode": frozenset({"", "private", "shareable", "none"}),
+    "utsmode": frozenset({"", "private"}),
+    "usernsmode": frozenset({"", "private"}),
+    "cgroupnsmode": frozenset({"", "private"}),
+    "cgroup": frozenset({""}),
+}
+
+
+class UnparseableError(ValueError):
+    """The body cannot be judged; the policy denies it."""
+
+
+def _fold(key: str) -> str:
+    return key.casefold()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    folded: dict[str, Any] = {}
+    for key, value in pairs:
+        name = _fold(key)
+        if value is None and name in folded:
+            continue
+        folded[name] = value
+    return folded
+
+
+def _reject_constant(name: str) -> Any:
+    raise UnparseableError(f"{name} is not JSON")
+
+
+def parse(body: bytes) -> dict[str, Any]:
+    """The body as Go would see it: folded keys, last duplicate wins; UnparseableError otherwise."""
+    try:
+        text = body.decode("utf-8")
+        document = json.loads(text, object_pairs_hook=_object,
+                              parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise UnparseableError(f"the body is not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise UnparseableError("the body is not a JSON object")
+    return document
+
+
+def _host_configs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    inner = doc.get("hostconfig")
+    if inner is not None and not isinstance(inner, dict):
+        raise UnparseableError("HostConfig is not an object")
+    return [doc] if inner is None else [inner, doc]
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise UnparseableError(f"{field} is not a list")
+    return value
+
+
+def _string(value: Any, field: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UnparseableError(f"{field} is not a string")
+    return value
+
+
+def _privileged(hc: dict[str, Any]) -> str | None:
+    value = hc.get("privileged")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "privileged mode (HostConfig.Privileged)"
+    raise UnparseableError("HostConfig.Privileged is not a boolean")
+
+
+def _host_mounts(hc: dict[str, Any]) -> str | None:
+    for bind in _list(hc.get("binds"), "HostConfig.Binds"):
+        source = _string(bind, "HostConfig.Binds[]").split(":", 1)[0]
+        if not _VOLUME_NAME.match(source):
+            return f"a host bind mount (HostConfig.Binds {bind!r})"
+    for mount in _list(hc.get("mounts"), "HostConfig.Mounts"):
+        if not isinstance(mount, dict):
+            raise UnparseableError("HostConfig.Mounts[] is not an object")
+        kind = _string(mount.get("type"), "HostConfig.Mounts[].Type")
+        if kind not in ("volume", "tmpfs"):
+            return f"a mount of type {kind!r} (HostConfig.Mounts; only volume and tmpfs)"
+        options = mount.get("volumeoptions")
+        if isinstance(options, dict) and options.get("driverconfig") is not None:
+            return "volume driver options (HostConfig.Mounts[].VolumeOptions.DriverConfig)"
+        if options is not None and not isinstance(options, dict):
+            raise UnparseableError("HostConfig.Mounts[].VolumeOptions is not an object")
+    if _list(hc.get("volumesfrom"), "HostConfig.VolumesFrom"):
+        return "another container's volumes (HostConfig.VolumesFrom)"
+    if _string(hc.get("volumedriver"), "HostConfig.VolumeDriver") not in ("", "local"):
+        return "a volume driver plugin (HostConfig.VolumeDriver)"
+    return None
+
+
+def _host_namespaces(hc: dict[str, Any]) -> str | None:
+    network = _string(hc.get("networkmode"), "HostConfig.NetworkMode")
+    # Network names cannot contain ':' (container:<id>) and 'host' is the host's stack.
+    if network.casefold() == "host" or ":" in network:
+        return f"network namespace {network!r} (HostConfig.NetworkMode)"
+    for field, allowed in _NAMESPACE_FIELDS.items():
+        value = _string(hc.get(field), f"HostConfig.{field}")
+        if value not in allowed:
+            return f"shared namespace {value!r} (HostConfig.{field})"
+    return None
+
+
+def _capabilities(hc: dict[str, Any]) -> str | None:
+    if _list(hc.get("capadd"), "HostConfig.CapAdd"):
+        return "added capabilities (HostConfig.CapAdd)"
+    if _list(hc.get("capabilities"), "HostConfig.Capabilities"):
+        return "an explicit capability set (HostConfig.Capabilities)"
+    return None
+
+
+def _devices(hc: dict[str, Any]) -> str | None:
+    for field in ("devices", "devicerequests", "devicecgrouprules"):
+        if _list(hc.get(field), f"HostConfig.{field}"):
+            return f"host devices (HostConfig.{field})"
+    return None
+
+
+def _security_options(hc: dict[str, Any]) -> str | None:
+    if _list(hc.get("securityopt"), "HostConfig.SecurityOpt"):
+        return "security options (HostConfig.SecurityOpt, e.g. seccomp=unconfined)"
+    return None
+
+
+_HOST_CONFIG_CHECKS: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    "privileged": _privileged,
+    "host-mounts": _host_mounts,
+    "host-namespaces": _host_namespaces,
+    "capabilities": _capabilities,
+    "devices": _devices,
+    "security-options": _security_options,
+}
+
+
+def _root_user(doc: dict[str, Any]) -> str | None:
+    # A user name could map to uid 0 in the image's /etc/passwd: only a numeric,
+    # non-zero uid proves the process is not root ("00", "0:0" are root too).
+    user = _string(doc.get("user"), "User")
+    numeric = _NUMERIC_USER.match(user)
+    if numeric is None or int(numeric.group(1), 10) == 0:
+        return f"running as root or an unverifiable user (User {user!r}; write a numeric uid)"
+    return None
+
+
+def create_violations(body: bytes, deny: frozenset[str]) -> tuple[list[str], str]:
+    """What a container-create body asks for that ``deny`` forbids, and its Image.
+
+    Raises UnparseableError when the body cannot be judged.
+    """
+    doc = parse(body)
+    problems: list[str] = []
+    for hc in _host_configs(doc):
+        for check, function in _HOST_CONFIG_CHECKS.items():
+            if check in deny:
+                problem = function(hc)
+                if problem is not None and problem not in problems:
+                    problems.append(problem)
+    if "root-user" in deny:
+        problem = _root_user(doc)
+        if problem is not None:
+            problems.append(problem)
+    return problems, _string(doc.get("image"), "Image")

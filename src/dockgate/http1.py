@@ -1,0 +1,619 @@
+"""Sans-IO HTTP/1.1 framing: bytes in, events out, no networking.
+
+Theory of operation. Everything that decides where one HTTP message ends and
+the next begins lives in this file, for both directions:
+
+* ``RequestReader`` frames what clients send. It is deliberately stricter
+  than RFC 9112 allows a server to be, because a proxy that frames a request
+  differently from the daemon behind it is a request-smuggling hole. The
+  request line and header fields are parsed by httptools (llhttp); this module
+  finds the end of the head itself (so it can bound its size and refuse bare LF
+  and obs-fold before llhttp sees them), then frames the body itself
+  (Content-Length counting and a strict chunked decoder). Owning body framing
+  gives exact byte offsets: after one message the reader stops until
+  ``start_next()``, so the shell can switch a hijacked connection to raw bytes
+  with ``take_rest()`` knowing nothing of the raw stream was parsed as HTTP.
+  That is also how the body of ``POST /exec/{id}/start`` with ``Upgrade: tcp``
+  is read: httptools 0.9.0 stops at the head of an upgrade request and would
+  leave the JSON body mixed into the raw stream.
+* ``ResponseReader`` frames what the daemon answers, knowing the request
+  method (a HEAD response has no body whatever its Content-Length says). It is
+  push-based and zero-copy on the hot path: body bytes are handed on as
+  memoryviews of the received buffers.
+
+Every framing problem raises ``errors.ProtocolError`` (or a subclass) for
+client input and ``errors.UpstreamError`` for daemon output; nothing else
+escapes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Final
+
+import httptools
+
+from dockgate.errors import HeadersTooLarge, ProtocolError, UpstreamError
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 section 7.6.1: fields that describe one connection, never forwarded.
+# Transfer-Encoding and Content-Length are re-derived from our own framing;
+# Expect is answered by the proxy itself.
+HOP_BY_HOP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+    b"content-length", b"expect",
+})
+
+# A chunk-size line: 1-16 hex digits (more would overflow 64 bits), optional
+# token-only extensions, no whitespace (RFC 9112 7.1.1 allows BWS before ';',
+# which is a known smuggling vector, and no Docker client sends extensions).
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_CHUNK_SIZE: Final = re.compile(
+    rb"([0-9A-Fa-f]{1,16})(?:;" + _TOKEN + rb'(?:=(?:' + _TOKEN + rb'|"[^"\r\n]*"))?)*'
+)
+_BARE_LF: Final = re.compile(rb"(?<!\r)\n")
+_OBS_FOLD: Final = re.compile(rb"\r\n[ \t]")
+_DIGITS: Final = re.compile(rb"[0-9]{1,18}")
+_MAX_CHUNK_LINE: Final = 4096  # a size line longer than this is not a Docker client
+
+
+class NeedData:
+    """Sentinel event: feed more bytes before asking again."""
+
+    __slots__ = ()
+
+
+NEED_DATA: Final = NeedData()
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A parsed, validated request head."""
+
+    method: str
+    target: str
+    version: str                    # "1.1" or "1.0"
+    headers: Headers                # as received, original case
+    keep_alive: bool
+    content_length: int | None      # None when chunked or no body
+    chunked: bool
+    upgrade: bytes | None           # the Upgrade value when Connection: upgrade asks for one
+    expect_continue: bool
+    size: int                       # bytes of the head on the wire
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def get(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lowercase), or None."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    """A parsed response head from the daemon."""
+
+    status: int
+    reason: bytes
+    version: str
+    headers: Headers
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool                # may the upstream connection carry another request?
+    has_body: bool
+
+    def get(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    @property
+    def close_delimited(self) -> bool:
+        return self.has_body and not self.chunked and self.content_length is None
+
+
+@dataclass(slots=True)
+class Data:
+    data: bytes | memoryview
+
+
+@dataclass(slots=True)
+class EndOfMessage:
+    pass
+
+
+END: Final = EndOfMessage()
+
+RequestEvent = RequestHead | Data | EndOfMessage | NeedData
+
+
+class _HeadCollector:
+    """httptools callbacks: collect the URL and header fields of one head."""
+
+    __slots__ = ("complete", "headers", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: Headers = []
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+def _tokens(value: bytes) -> set[bytes]:
+    return {part.strip().lower() for part in value.split(b",") if part.strip()}
+
+
+class _ChunkedDecoder:
+    """Strict incremental chunked body decoder shared by both directions."""
+
+    __slots__ = ("_error", "_max_trailer", "_remaining", "_state", "_trailer_bytes")
+
+    def __init__(self, error: type[Exception], max_trailer: int) -> None:
+        self._error = error
+        self._max_trailer = max_trailer
+        self._state = "size"   # size | data | data-crlf | trailer | done
+        self._remaining = 0
+        self._trailer_bytes = 0
+
+    def step(self, buf: bytes, pos: int) -> tuple[Data | EndOfMessage | None, int]:
+        """Decode one event from ``buf[pos:]``; (None, pos) means more bytes are needed."""
+        state = self._state
+        if state == "data":
+            take = min(self._remaining, len(buf) - pos)
+            if take == 0:
+                return None, pos
+            self._remaining -= take
+            if self._remaining == 0:
+                self._state = "data-crlf"
+            return Data(memoryview(buf)[pos:pos + take]), pos + take
+        if state == "data-crlf":
+            if len(buf) - pos < 2:
+                return None, pos
+            if buf[pos:pos + 2] != b"\r\n":
+                raise self._error("invalid chunked body: chunk data not followed by CRLF")
+            self._state = "size"
+            return self._next_size(buf, pos + 2)
+        if state == "size":
+            return self._next_size(buf, pos)
+        if state == "trailer":
+            return self._trailer(buf, pos)
+        return None, pos
+
+    def _line(self, buf: bytes, pos: int, limit: int) -> bytes | None:
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            if b"\n" in buf[pos:] or len(buf) - pos > limit:
+                raise self._error("invalid chunked body: bad line framing")
+            return None
+        line = buf[pos:end]
+        if b"\n" in line or b"\r" in line or len(line) > limit:
+            raise self._error("invalid chunked body: bad line framing")
+        return line
+
+    def _next_size(self, buf: bytes, pos: int) -> tuple[Data | EndOfMessage | None, int]:
+        line = self._line(buf, pos, _MAX_CHUNK_LINE)
+        if line is None:
+            return None, pos
+        match = _CHUNK_SIZE.fullmatch(line)
+        if match is None:
+            raise self._error(f"invalid chunked body: bad chunk size line {line[:40]!r}")
+        size = int(match.group(1), 16)
+        pos += len(line) + 2
+        if size == 0:
+            self._state = "trailer"
+            return self._trailer(buf, pos)
+        self._state = "data"
+        self._remaining = size
+        return self.step(buf, pos)
+
+    def _trailer(self, buf: bytes, pos: int) -> tuple[Data | EndOfMessage | None, int]:
+        # Trailer fields are read (bounded) and dropped: Docker uses none, and
+        # forwarding them would let a client add headers after the decision.
+        while True:
+            line = self._line(buf, pos, self._max_trailer)
+            if line is None:
+                return None, pos
+            pos += len(line) + 2
+            if not line:
+                self._state = "done"
+                return END, pos
+            self._trailer_bytes += len(line) + 2
+            if self._trailer_bytes > self._max_trailer or b":" not in line or line[:1] in b" \t":
+                raise self._error("invalid chunked body: bad trailer section")
+
+
+class RequestReader:
+    """Frames client requests one at a time; see the module docstring."""
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self.max_header_bytes = max_header_bytes
+        self._buf = b""
+        self._pos = 0
+        self._state = "head"          # head | length | chunked | done
+        self._remaining = 0
+        self._chunked: _ChunkedDecoder | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as events."""
+        return len(self._buf) - self._pos
+
+    @property
+    def awaiting_head(self) -> bool:
+        return self._state == "head"
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:
+            self._buf = self._buf[self._pos:] + data
+            self._pos = 0
+        elif self._buf:
+            self._buf += data
+        else:
+            self._buf = data
+
+    def start_next(self) -> None:
+        """Allow the next pipelined request to be parsed (its END may stay unread)."""
+        if self._state not in ("done", "body-end"):
+            raise RuntimeError("start_next() before the end of the current message")
+        self._state = "head"
+
+    def take_rest(self) -> bytes:
+        """Hand over the unparsed bytes (the connection leaves HTTP for raw bytes)."""
+        rest = self._buf[self._pos:]
+        self._buf = b""
+        self._pos = 0
+        return rest
+
+    def next_event(self) -> RequestEvent:
+        state = self._state
+        if state == "length":
+            available = len(self._buf) - self._pos
+            if available == 0:
+                return NEED_DATA
+            take = min(available, self._remaining)
+            start = self._pos
+            self._pos += take
+            self._remaining -= take
+            if self._remaining == 0:
+                self._state = "body-end"
+            if start == 0 and take == len(self._buf):
+                return Data(self._buf)
+            return Data(memoryview(self._buf)[start:start + take])
+        if state == "body-end":
+            self._state = "done"
+            return END
+        if state == "chunked":
+            assert self._chunked is not None
+            event, self._pos = self._chunked.step(self._buf, self._pos)
+            if event is None:
+                return NEED_DATA
+            if isinstance(event, EndOfMessage):
+                self._state = "done"
+            return event
+        if state == "head":
+            return self._head()
+        return NEED_DATA
+
+    def _head(self) -> RequestHead | NeedData:
+        buf = self._buf
+        # RFC 9112 2.2: a server SHOULD ignore empty lines before a request line.
+        while buf.startswith(b"\r\n", self._pos):
+            self._pos += 2
+        pos = self._pos
+        end = buf.find(b"\r\n\r\n", pos)
+        if end < 0:
+            if _BARE_LF.search(buf, pos):
+                raise ProtocolError("malformed request: bare LF line ending")
+            if len(buf) - pos > self.max_header_bytes:
+                raise HeadersTooLarge(
+                    f"request head larger than {self.max_header_bytes} bytes")
+            return NEED_DATA
+        size = end + 4 - pos
+        if size > self.max_header_bytes:
+            raise HeadersTooLarge(f"request head larger than {self.max_header_bytes} bytes")
+        raw = buf[pos:end + 4]
+        if _BARE_LF.search(raw):
+            raise ProtocolError("malformed request: bare LF line ending")
+        if _OBS_FOLD.search(raw):
+            raise ProtocolError("malformed request: obsolete line folding in a header")
+        head = self._parse_head(raw)
+        self._pos = end + 4
+        if head.chunked:
+            self._state = "chunked"
+            self._chunked = _ChunkedDecoder(ProtocolError, self.max_header_bytes)
+        elif head.content_length:
+            self._state = "length"
+            self._remaining = head.content_length
+        else:
+            self._state = "body-end"  # the next event is EndOfMessage
+        return head
+
+    def _parse_head(self, raw: bytes) -> RequestHead:
+        collector = _HeadCollector()
+        parser = httptools.HttpRequestParser(collector)
+        try:
+            parser.feed_data(raw)
+        except httptools.HttpParserUpgrade:
+            pass  # an upgrade request: its head is complete, the body is framed below
+        except httptools.HttpParserError as error:
+            raise ProtocolError(f"malformed request: {error}") from None
+        if not collector.complete:
+            raise ProtocolError("malformed request head")
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise ProtocolError(f"unsupported HTTP version {version}")
+        method = parser.get_method().decode("ascii")
+        target = _check_target(collector.url)
+        return _frame(method, target, version, collector.headers, len(raw))
+
+
+def _check_target(url: bytes) -> str:
+    # Only origin-form ("/path?query") reaches the daemon; absolute-form and
+    # authority-form would let the proxy and the daemon disagree about the path.
+    if not url.startswith(b"/"):
+        raise ProtocolError("request target must be in origin-form (start with '/')")
+    if any(byte <= 0x20 or byte >= 0x7F for byte in url):
+        raise ProtocolError("request target contains control or non-ASCII bytes")
+    return url.decode("ascii")
+
+
+def _frame(method: str, target: str, version: str, headers: Headers, size: int) -> RequestHead:
+    content_length: int | None = None
+    transfer_encoding: list[bytes] = []
+    connection: set[bytes] = set()
+    upgrade: bytes | None = None
+    hosts = 0
+    expect_continue = False
+    for name, value in headers:
+        key = name.lower()
+        if key == b"content-length":
+            if content_length is not None:
+                raise ProtocolError("duplicate Content-Length")
+            if not _DIGITS.fullmatch(value):
+                raise ProtocolError("invalid Content-Length")
+            content_length = int(value)
+        elif key == b"transfer-encoding":
+            transfer_encoding.append(value)
+        elif key == b"connection":
+            connection |= _tokens(value)
+        elif key == b"upgrade":
+            upgrade = value
+        elif key == b"host":
+            hosts += 1
+        elif key == b"expect":
+            if value.strip().lower() != b"100-continue":
+                raise ProtocolError("unsupported Expect")
+            expect_continue = True
+    if hosts > 1:
+        raise ProtocolError("more than one Host header")
+    chunked = False
+    if transfer_encoding:
+        if content_length is not None:
+            raise ProtocolError("Content-Length together with Transfer-Encoding")
+        codings = [c for value in transfer_encoding for c in value.lower().split(b",")]
+        if [c.strip() for c in codings] != [b"chunked"] or version == "1.0":
+            raise ProtocolError("unsupported Transfer-Encoding (only 'chunked' on HTTP/1.1)")
+        chunked = True
+    # RFC 9112 9.3: HTTP/1.1 persists unless closed; HTTP/1.0 only when asked.
+    keep_alive = (b"close" not in connection if version == "1.1"
+                  else b"keep-alive" in connection)
+    if b"upgrade" not in connection:
+        upgrade = None
+    return RequestHead(method, target, version, headers, keep_alive, content_length,
+                       chunked, upgrade, expect_continue, size)
+
+
+ResponseEvent = ResponseHead | Data | EndOfMessage
+
+
+class ResponseReader:
+    """Frames daemon responses, push-based; see the module docstring."""
+
+    MAX_HEAD: Final = 65536  # Docker's response heads are a few hundred bytes
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._state = "idle"     # idle | head | length | chunked | close | switched
+        self._remaining = 0
+        self._method = "GET"
+        self._chunked: _ChunkedDecoder | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self._state == "idle" and not self._buf
+
+    def expect(self, method: str) -> None:
+        """Prepare for the response to a request made with ``method``."""
+        self._method = method
+        self._state = "head"
+
+    def take_rest(self) -> bytes:
+        rest = self._buf
+        self._buf = b""
+        return rest
+
+    def feed(self, data: bytes) -> list[ResponseEvent]:
+        events: list[ResponseEvent] = []
+        state = self._state
+        if not self._buf:
+            # Hot path: body bytes arriving with nothing buffered go out as they came.
+            if state == "length":
+                size = len(data)
+                if size < self._remaining:
+                    self._remaining -= size
+                    events.append(Data(data))
+                    return events
+            elif state == "close":
+                events.append(Data(data))
+                return events
+            buf = data
+        else:
+            buf = self._buf + data
+        pos = 0
+        while pos < len(buf) or self._state in ("chunked",):
+            state = self._state
+            if state == "head":
+                end = buf.find(b"\r\n\r\n", pos)
+                if end < 0:
+                    if len(buf) - pos > self.MAX_HEAD:
+                        raise UpstreamError("the daemon sent an oversized response head")
+                    break
+                head = self._parse_head(buf[pos:end + 2])
+                pos = end + 4
+                events.append(head)
+                self._start_body(head)
+                if self._state == "idle" or (self._state == "length" and not self._remaining):
+                    self._state = "idle"
+                    events.append(END)
+            elif state == "length":
+                take = min(self._remaining, len(buf) - pos)
+                events.append(Data(memoryview(buf)[pos:pos + take]))
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    events.append(END)
+                    self._state = "idle"
+            elif state == "chunked":
+                assert self._chunked is not None
+                event, pos = self._chunked.step(buf, pos)
+                if event is None:
+                    break
+                events.append(event)
+                if isinstance(event, EndOfMessage):
+                    self._state = "idle"
+            elif state == "close":
+                events.append(Data(memoryview(buf)[pos:]))
+                pos = len(buf)
+            elif state == "switched":
+                break
+            else:
+                raise UpstreamError("the daemon sent bytes outside of a response")
+        self._buf = buf[pos:] if pos < len(buf) else b""
+        return events
+
+    def feed_eof(self) -> list[ResponseEvent]:
+        """The daemon closed its side: ends a close-delimited body, else an error."""
+        if self._state == "close":
+            self._state = "idle"
+            return [END]
+        if self._state in ("idle", "switched") and not self._buf:
+            return []
+        raise UpstreamError("the daemon closed the connection in the middle of a response")
+
+    def _start_body(self, head: ResponseHead) -> None:
+        if head.status == 101:
+            self._state = "switched"
+        elif 100 <= head.status < 200:
+            self._state = "head"   # interim response; the final one follows
+        elif not head.has_body:
+            self._state = "idle"
+        elif head.chunked:
+            self._state = "chunked"
+            self._chunked = _ChunkedDecoder(UpstreamError, self.MAX_HEAD)
+        elif head.content_length is not None:
+            self._state = "length"
+            self._remaining = head.content_length
+        else:
+            self._state = "close"
+
+    def _parse_head(self, raw: bytes) -> ResponseHead:
+        lines = raw.split(b"\r\n")
+        status_line = lines[0].split(b" ", 2)
+        if len(status_line) < 2 or status_line[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
+            raise UpstreamError("the daemon sent a malformed status line")
+        try:
+            status = int(status_line[1])
+        except ValueError:
+            raise UpstreamError("the daemon sent a malformed status line") from None
+        reason = status_line[2] if len(status_line) > 2 else b""
+        version = status_line[0][5:].decode()
+        headers: Headers = []
+        content_length: int | None = None
+        chunked = False
+        connection: set[bytes] = set()
+        for line in lines[1:-1]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise UpstreamError("the daemon sent a malformed header")
+            value = value.strip()
+            headers.append((name, value))
+            key = name.lower()
+            if key == b"content-length":
+                if not _DIGITS.fullmatch(value) or (
+                        content_length is not None and content_length != int(value)):
+                    raise UpstreamError("the daemon sent an invalid Content-Length")
+                content_length = int(value)
+            elif key == b"transfer-encoding":
+                chunked = value.lower().split(b",")[-1].strip() == b"chunked"
+                if not chunked:
+                    raise UpstreamError("the daemon sent an unsupported Transfer-Encoding")
+            elif key == b"connection":
+                connection |= _tokens(value)
+        if chunked:
+            content_length = None
+        no_body = (self._method == "HEAD" or 100 <= status < 200 or status in (204, 304))
+        keep_alive = (b"close" not in connection if version == "1.1"
+                      else b"keep-alive" in connection)
+        has_body = not no_body
+        if has_body and not chunked and content_length is None:
+            keep_alive = False
+        return ResponseHead(status, reason, version, headers, content_length, chunked,
+                            keep_alive, has_body)
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """The end-to-end fields of ``headers`` (RFC 9110 7.6.1), Connection-named ones too."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named |= _tokens(value)
+    return [(name, value) for name, value in headers
+            if (key := name.lower()) not in HOP_BY_HOP and key not in named
+            and not key.startswith(b"proxy-")]
+
+
+def request_head(method: str, target: str, headers: Headers) -> bytes:
+    """Serialize an HTTP/1.1 request head."""
+    lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
+    lines.extend(name + b": " + value for name, value in headers)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+def response_head(status: int, headers: Headers, reason: bytes | None = None) -> bytes:
+    """Serialize an HTTP/1.1 status line and header fields."""
+    if reason is None:
+        try:
+            reason = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            reason = b""
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+    lines.extend(name + b": " + value for name, value in headers)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+def chunk_header(size: int) -> bytes:
+    return b"%x\r\n" % size
+
+
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CRLF: Final = b"\r\n"

@@ -1,0 +1,201 @@
+"""What a grant can be scoped by, and who a client is (pure).
+
+- ``ContainerScope``: a container's real name (exact), explicit globs, labels.
+  It is checked against what the daemon resolved (``ContainerFacts``), never
+  against the reference the client typed, so ``/gw``, a full ID or an ID
+  prefix are all judged by the container they name.
+- Image references, normalized the way the docker CLI shows them
+  (``docker.io/library/`` dropped), matched against patterns.
+- Query parameters whose value changes what an operation does (a kill
+  ``signal``, ``stdin`` on attach, ``follow`` on logs), normalized as dockerd
+  parses them before comparison.
+- ``ClientRule``: source address or network, unix peer uid/gid, TLS client
+  certificate CN/SAN, listener. Every criterion given must hold.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from dockgate.decision import Client
+
+# Docker's own rule for container names (daemon/names: RestrictedNameChars).
+CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class ContainerScope:
+    """Containers a grant covers: any exact name, any glob, or all the labels."""
+
+    names: frozenset[str] = frozenset()
+    globs: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Whether a container with this real name and these labels is in scope."""
+        if name in self.names:
+            return True
+        if any(fnmatchcase(name, glob) for glob in self.globs):
+            return True
+        return bool(self.labels) and all(labels.get(key) == value
+                                         for key, value in self.labels)
+
+    def describe(self) -> str:
+        """Human form for reports: ``name gw or labels a=b``."""
+        parts = []
+        if self.names:
+            parts.append("name " + " or ".join(sorted(self.names)))
+        if self.globs:
+            parts.append("name matching " + " or ".join(self.globs))
+        if self.labels:
+            parts.append("labels " + ", ".join(f"{k}={v}" for k, v in self.labels))
+        return " or ".join(parts)
+
+
+def primary_name(names: object) -> str | None:
+    """The container's own name from a list item's ``Names`` (``["/gw", "/web/gw"]``).
+
+    Names with a second ``/`` are legacy link aliases (``/web/gw`` is how ``web``
+    sees ``gw``); they are not the container's name.
+    """
+    if not isinstance(names, list):
+        return None
+    for entry in names:
+        if isinstance(entry, str) and entry.startswith("/") and "/" not in entry[1:]:
+            return entry[1:]
+    return None
+
+
+def normalize_image(reference: str) -> str:
+    """``nginx`` → ``nginx:latest``; ``docker.io/library/x:1`` → ``x:1``; digests kept."""
+    ref = reference.strip()
+    name, at, digest = ref.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    if ":" not in last and not at:
+        name += ":latest"
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/",
+                   "index.docker.io/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    return f"{name}{at}{digest}"
+
+
+def image_matches(reference: str, patterns: tuple[str, ...]) -> bool:
+    """Whether an image reference matches a pattern.
+
+    A pattern without a tag or digest (``nginx``, ``mcp/*``) covers every tag and
+    digest of the repositories it names; with one (``nginx:1.27``) it is matched
+    against the whole normalized reference.
+    """
+    ref = normalize_image(reference)
+    repo = re.split(r"[@]|:(?=[^/]*$)", ref, maxsplit=1)[0]
+    return any(fnmatchcase(ref, pattern) or fnmatchcase(repo, pattern) for pattern in patterns)
+
+
+def normalize_pattern(pattern: str) -> str:
+    """Image patterns are written like references; drop ``docker.io/library/``."""
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/",
+                   "index.docker.io/"):
+        if pattern.startswith(prefix):
+            return pattern[len(prefix):]
+    return pattern
+
+
+# Linux signal numbers, for "9" == "KILL" == "SIGKILL" (dockerd's signal.ParseSignal
+# accepts a number or a name with or without the SIG prefix, any case).
+SIGNALS = {
+    "1": "HUP", "2": "INT", "3": "QUIT", "4": "ILL", "5": "TRAP", "6": "ABRT", "7": "BUS",
+    "8": "FPE", "9": "KILL", "10": "USR1", "11": "SEGV", "12": "USR2", "13": "PIPE",
+    "14": "ALRM", "15": "TERM", "16": "STKFLT", "17": "CHLD", "18": "CONT", "19": "STOP",
+    "20": "TSTP", "21": "TTIN", "22": "TTOU", "23": "URG", "24": "XCPU", "25": "XFSZ",
+    "26": "VTALRM", "27": "PROF", "28": "WINCH", "29": "IO", "30": "PWR", "31": "SYS",
+}
+SIGNAL_NAMES = frozenset(SIGNALS.values())
+# Query parameters dockerd reads as booleans (httputils.BoolValue).
+BOOL_PARAMS = frozenset({"stdin", "stdout", "stderr", "stream", "logs", "follow",
+                         "timestamps"})
+# What dockerd does when the parameter is absent, per operation.
+QUERY_DEFAULTS = {
+    ("container.kill", "signal"): "KILL",
+    ("container.logs", "follow"): "false",
+    ("container.attach", "stdin"): "false",
+    ("container.attach.websocket", "stdin"): "false",
+    ("container.stats", "stream"): "true",
+}
+
+
+def normalize_query_value(param: str, value: str) -> str:
+    """A query value as dockerd understands it: signals by name, booleans as true/false."""
+    if param == "signal":
+        if re.fullmatch(r"[+-]?[0-9]+", value):  # strconv.Atoi: sign and leading zeros
+            return SIGNALS.get(str(int(value, 10)), value)
+        return value.upper().removeprefix("SIG")
+    if param in BOOL_PARAMS:
+        lowered = value.strip().lower()
+        return "false" if lowered in ("", "0", "no", "false", "none") else "true"
+    return value
+
+
+@dataclass(frozen=True)
+class QueryRule:
+    """The values one query parameter may take (after normalization)."""
+
+    param: str
+    values: frozenset[str]
+
+    def admits(self, operation: str, params: Mapping[str, list[str]]) -> bool:
+        """Every occurrence (or the daemon's default when absent) is an allowed value."""
+        given = params.get(self.param)
+        if not given:
+            default = QUERY_DEFAULTS.get((operation, self.param), "")
+            return default in self.values
+        return all(normalize_query_value(self.param, v) in self.values for v in given)
+
+
+@dataclass(frozen=True)
+class ClientRule:
+    """Binds clients to a policy; every criterion that is set must match."""
+
+    policy: str
+    label: str
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+    cert_cns: frozenset[str] = frozenset()
+    cert_sans: frozenset[str] = frozenset()
+    listeners: frozenset[str] = frozenset()
+    name: str | None = field(default=None)
+
+    def matches(self, client: Client) -> bool:
+        """Whether this client is the one the rule describes."""
+        if self.listeners and client.listener not in self.listeners:
+            return False
+        if self.networks and not _in_networks(client.address, self.networks):
+            return False
+        if self.uids and client.uid not in self.uids:
+            return False
+        if self.gids and client.gid not in self.gids:
+            return False
+        if self.cert_cns and client.cert_cn not in self.cert_cns:
+            return False
+        return not self.cert_sans or bool(self.cert_sans.intersection(client.cert_sans))
+
+
+def _in_networks(address: str | None,
+                 networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    if address is None:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        # A dual-stack [::] listener sees 127.0.0.2 as ::ffff:127.0.0.2.
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)

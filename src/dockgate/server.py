@@ -1,0 +1,993 @@
+"""The asyncio shell: listeners, the request pipeline, relaying.
+
+Theory of operation. Each client connection is a ``ClientConnection``
+(an asyncio Protocol) plus one task running ``_serve``. The protocol callbacks
+only move bytes: received bytes go into the connection's
+``http1.RequestReader`` and wake the task. The task walks the pipeline of
+docs/architecture.md for one request at a time, which is what answers
+pipelined requests in order:
+
+    head -> routes.parse_target -> routes.classify -> decider.decide
+         -> NeedFacts: fetch facts, decide again (bounded)
+         -> Deny: answer, forward nothing
+         -> Allow: forward, relay the response -> one audit record
+
+The response is relayed from the upstream protocol's callbacks through an
+``Exchange`` (no task wake-up per chunk); flow control is wired transport to
+transport: when the client's write buffer passes its high-water mark,
+``pause_writing`` pauses reading from the daemon, and the other way round for
+request bodies and hijacked sessions. So memory stays bounded by the transport
+buffers whatever the speeds of the two ends.
+
+A hijacked connection (attach, exec start, /session, /grpc, attach/ws) leaves
+HTTP once the daemon agreed (101, or 200 with a Docker raw-stream type): from
+then on bytes go transport to transport, and an EOF on one side becomes a
+half-close on the other, so ``echo hi | docker run -i ... cat`` ends properly.
+
+Bad framing is answered 400 (413, 431, 408 where they fit) and the connection
+is closed. Request bytes already buffered are framed before anything is sent
+upstream, so a malformed request in one packet never reaches the daemon; a
+framing error found later in a streamed body aborts the upstream connection so
+the daemon never sees a complete request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import logging
+import os
+import pwd
+import signal
+import socket
+import ssl
+import stat
+import struct
+import time
+from collections.abc import Callable
+from typing import Any, Final, cast
+from urllib.parse import urlsplit
+
+import uvloop
+
+from dockgate import http1, logs, metrics, routes
+from dockgate.decision import (
+    NO_FACTS,
+    Allow,
+    Client,
+    Decider,
+    Deny,
+    Facts,
+    NeedFacts,
+    Request,
+    ResponseFilter,
+)
+from dockgate.errors import (
+    BodyTooLarge,
+    ConfigError,
+    HTTPError,
+    ProtocolError,
+    UpstreamError,
+)
+from dockgate.settings import Settings
+from dockgate.upstream import Upstream, UpstreamConnection
+
+log = logging.getLogger("dockgate.server")
+
+HIGH_WATER: Final = 1 << 20        # request bytes buffered before the client is paused
+MAX_DECIDE_ROUNDS: Final = 4       # container facts, then body: two rounds suffice today
+MAX_FILTERED_BYTES: Final = 32 * 1024 * 1024  # a filtered JSON list is held whole
+MAX_JSON_LINE: Final = 1024 * 1024  # one event of a filtered JSON-lines stream
+RAW_STREAM_TYPES: Final = (b"application/vnd.docker.raw-stream",
+                           b"application/vnd.docker.multiplexed-stream")
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RAW_KINDS: Final = (routes.Stream.HIJACK, routes.Stream.UPGRADE, routes.Stream.WEBSOCKET)
+
+
+class _ClientGoneError(Exception):
+    """The client closed its connection while we still needed its bytes."""
+
+
+class _HeaderTimeoutError(Exception):
+    """The client did not send a whole request head in time."""
+
+
+class Listener:
+    """One listening endpoint from ``Settings.listeners``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        self.kind = parts.scheme
+        self.path = parts.path if self.kind == "unix" else ""
+        if self.kind == "unix":
+            self.host = ""
+            self.port = 0
+            if not self.path:
+                raise ConfigError(f"listener {url!r} names no socket path")
+            return
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"listener {url!r} has an invalid port") from None
+        if parts.hostname is None or port is None:
+            raise ConfigError(f"listener {url!r} must be {self.kind}://HOST:PORT")
+        self.host = parts.hostname
+        self.port = port
+
+
+def client_for(listener: Listener, transport: asyncio.BaseTransport) -> Client:
+    """What the listener knows about who is on the other end of ``transport``."""
+    if listener.kind == "unix":
+        sock = transport.get_extra_info("socket")
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+        except (OSError, AttributeError):
+            return Client(listener.url, "unix")
+        pid, uid, gid = struct.unpack("3i", creds)
+        return Client(listener.url, "unix", uid=uid, gid=gid, pid=pid)
+    peer = transport.get_extra_info("peername") or ("", None)
+    address = str(peer[0])
+    if address.startswith("::ffff:") and "." in address:
+        address = address[7:]  # a v4 client on a dual-stack socket is a v4 client
+    if listener.kind != "tls":
+        return Client(listener.url, "tcp", address=address, port=peer[1])
+    cert = transport.get_extra_info("peercert") or {}
+    cn = None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                cn = value
+    sans = tuple(f"{kind}:{value}" if kind != "DNS" else value
+                 for kind, value in cert.get("subjectAltName", ()))
+    return Client(listener.url, "tls", address=address, port=peer[1], cert_cn=cn,
+                  cert_sans=sans)
+
+
+class Proxy:
+    """Listeners, the active decider, the upstream pool and the open connections."""
+
+    def __init__(self, settings: Settings, decider: Decider) -> None:
+        self.settings = settings
+        self.decider = decider
+        self.upstream = Upstream(settings.upstream_url, settings.connect_timeout)
+        self.listeners = [Listener(url) for url in settings.listeners]
+        self.connections: set[ClientConnection] = set()
+        self.servers: list[asyncio.Server] = []
+        self.shutting_down = False
+        self.bound: list[str] = []
+        self.quiet: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        """Open every listener (OSError if one cannot be bound)."""
+        for listener in self.listeners:
+            self.servers.append(await self._listen(listener))
+
+    async def _listen(self, listener: Listener) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> ClientConnection:
+            return ClientConnection(self, listener)
+
+        if listener.kind == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.stat(listener.path).st_mode):
+                    os.unlink(listener.path)  # a stale socket from a previous run
+            server = await loop.create_unix_server(factory, listener.path, backlog=1024)
+            self._own_socket_file(listener.path)
+            self.bound.append(f"unix://{listener.path}")
+            return server
+        context = self._tls_context() if listener.kind == "tls" else None
+        host = listener.host
+        if host == "::" and self.settings.disable_ipv6:
+            host = "0.0.0.0"
+        if host == "::":
+            # [::] is dual-stack: one socket for v6 and v4-mapped clients.
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", listener.port))
+            server = await loop.create_server(factory, sock=sock, ssl=context, backlog=1024)
+        else:
+            server = await loop.create_server(factory, host, listener.port, ssl=context,
+                                              backlog=1024, reuse_address=True)
+        for sock_ in server.sockets:
+            name = sock_.getsockname()
+            self.bound.append(f"{listener.kind}://{name[0]}:{name[1]}")
+        return server
+
+    def _own_socket_file(self, path: str) -> None:
+        settings = self.settings
+        os.chmod(path, settings.socket_mode)
+        if settings.socket_owner is None and settings.socket_group is None:
+            return
+        try:
+            uid = (-1 if settings.socket_owner is None else
+                   int(settings.socket_owner) if settings.socket_owner.isdigit() else
+                   pwd.getpwnam(settings.socket_owner).pw_uid)
+            gid = (-1 if settings.socket_group is None else
+                   int(settings.socket_group) if settings.socket_group.isdigit() else
+                   grp.getgrnam(settings.socket_group).gr_gid)
+        except KeyError as error:
+            raise ConfigError(f"unknown socket owner or group: {error}") from None
+        os.chown(path, uid, gid)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        settings = self.settings
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+            if settings.tls_ca:
+                context.load_verify_locations(settings.tls_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(f"cannot load the TLS certificate, key or CA: {error}") from None
+        return context
+
+    def reload(self, build: Callable[[], Decider]) -> None:
+        """SIGHUP: swap in a new decider; an invalid configuration keeps the old one."""
+        try:
+            decider = build()
+        except ConfigError as error:
+            problem = str(error)
+        else:
+            self.decider = decider
+            log.info("reloaded: decisions now by %s", decider.name)
+            return
+        log.error("reload failed, keeping the current policy: %s", problem)
+
+    def check_quiet(self) -> None:
+        """During shutdown: note when no plain request is in flight any more."""
+        if self.quiet is not None and not any(c.busy_plain for c in self.connections):
+            self.quiet.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting; let plain requests finish within the grace; close the rest."""
+        self.shutting_down = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        self.quiet = asyncio.Event()
+        self.check_quiet()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.quiet.wait(), self.settings.shutdown_grace)
+        for conn in list(self.connections):
+            conn.abort()
+        self.upstream.close_all()
+        for listener in self.listeners:
+            if listener.kind == "unix":
+                with contextlib.suppress(OSError):
+                    os.unlink(listener.path)
+        await asyncio.sleep(0)
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection; see the module docstring."""
+
+    def __init__(self, proxy: Proxy, listener: Listener) -> None:
+        self.proxy = proxy
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.client = Client(listener.url, "tcp")
+        self.reader = http1.RequestReader(proxy.settings.max_header_bytes)
+        self.upstream: UpstreamConnection | None = None   # the daemon side of the exchange
+        self.raw = False
+        self.eof = False
+        self.lost = False
+        self.busy_plain = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._paused_for: set[str] = set()
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._timed_out = False
+        self._raw_done: asyncio.Future[None] | None = None
+        self._raw_eofs: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    # asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=1 << 20, low=1 << 18)
+        self.client = client_for(self.listener, transport)
+        self.proxy.connections.add(self)
+        metrics.ACTIVE_CONNECTIONS.inc()
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        if self.raw:
+            self.bytes_in += len(data)
+            if self.upstream is not None:
+                self.upstream.write(data)
+            return
+        self.reader.feed(data)
+        if self.reader.buffered > HIGH_WATER:
+            self._pause("buffer")
+        self._wake()
+
+    def eof_received(self) -> bool:
+        if self.raw:
+            self._raw_eof("client")
+        else:
+            self.eof = True
+            self._wake()
+        # Keep our write side open for the response (TLS cannot half-close).
+        return self.listener.kind != "tls"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.busy_plain = False
+        self.proxy.connections.discard(self)
+        self.proxy.check_quiet()
+        metrics.ACTIVE_CONNECTIONS.dec()
+        if self.upstream is not None:
+            # The client is gone: whatever the daemon still sends has no reader.
+            self.upstream.abort()
+        self._wake()
+        if self._raw_done is not None and not self._raw_done.done():
+            self._raw_done.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # upstream.RawPeer ------------------------------------------------------------------------
+
+    def raw_data(self, data: bytes | memoryview) -> None:
+        self.bytes_out += len(data)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def raw_eof(self) -> None:
+        self._raw_eof("daemon")
+
+    def raw_lost(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if self._raw_done is not None and not self._raw_done.done():
+            self._raw_done.set_result(None)
+
+    def peer_paused(self, paused: bool) -> None:
+        if paused:
+            self._pause("peer")
+        else:
+            self._resume("peer")
+
+    # flow control helpers --------------------------------------------------------------------
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused_for and self.transport is not None and not self.lost:
+            self.transport.pause_reading()
+        self._paused_for.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason in self._paused_for:
+            self._paused_for.discard(reason)
+            if not self._paused_for and self.transport is not None and not self.lost:
+                self.transport.resume_reading()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self._resume("buffer")
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def write(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close_if_idle(self) -> None:
+        """Shutdown: a connection waiting for its next request is closed now."""
+        if not self.busy_plain and not self.raw and self.reader.awaiting_head \
+                and self.reader.buffered == 0 and self.upstream is None:
+            self._wake()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+
+    # the pipeline ------------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            while not self.lost:
+                try:
+                    head = await self._read_head()
+                except _HeaderTimeoutError:
+                    self._refuse_framing(408, "request head not received in time")
+                    break
+                except ProtocolError as error:
+                    self._refuse_framing(error.status, error.message)
+                    break
+                if head is None:
+                    break
+                if not await self._handle(head):
+                    break
+                self.reader.start_next()
+        except Exception:
+            log.exception("internal error on a connection from %s", self.client.describe())
+            self.abort()
+        finally:
+            if self.transport is not None:
+                self.transport.close()
+
+    async def _read_head(self) -> http1.RequestHead | None:
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+        kind = ""
+        settings = self.proxy.settings
+        self._timed_out = False
+        try:
+            while True:
+                event = self.reader.next_event()
+                if isinstance(event, http1.RequestHead):
+                    return event
+                if self.lost or self.eof:
+                    return None
+                idle = self.reader.buffered == 0
+                if idle and self.proxy.shutting_down:
+                    return None
+                if self._timed_out:
+                    if kind == "header":
+                        raise _HeaderTimeoutError
+                    return None
+                want = "idle" if idle else "header"
+                if want != kind:
+                    if timer is not None:
+                        timer.cancel()
+                    kind = want
+                    delay = settings.idle_timeout if idle else settings.header_timeout
+                    timer = loop.call_later(delay, self._on_timeout)
+                await self._wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _on_timeout(self) -> None:
+        self._timed_out = True
+        self._wake()
+
+    async def _next_body_event(self) -> http1.Data | http1.EndOfMessage:
+        while True:
+            event = self.reader.next_event()
+            if isinstance(event, http1.Data):
+                self.bytes_in += len(event.data)
+                return event
+            if isinstance(event, http1.EndOfMessage):
+                return event
+            if self.lost or self.eof:
+                raise _ClientGoneError
+            await self._wait()
+
+    async def _handle(self, head: http1.RequestHead) -> bool:
+        """Run one request through the pipeline; True if the connection stays open."""
+        started = time.monotonic()
+        self.bytes_in = head.size
+        self.bytes_out = 0
+        record: dict[str, Any] = {"client": self.client.describe(), "method": head.method,
+                                  "target": head.target, "operation": None,
+                                  "decision": "error", "rule": None}
+        self.busy_plain = True
+        try:
+            keep, status = await self._decide_and_forward(head, record)
+        finally:
+            self.busy_plain = False
+            self.proxy.check_quiet()
+        record["status"] = status
+        record["bytes_in"] = self.bytes_in
+        record["bytes_out"] = self.bytes_out
+        record["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
+        logs.audit("request", **record)
+        metrics.count_request(record["operation"] or "none", record["decision"], status)
+        return keep and not self.proxy.shutting_down
+
+    async def _decide_and_forward(self, head: http1.RequestHead,
+                                  record: dict[str, Any]) -> tuple[bool, int]:
+        try:
+            target = routes.parse_target(head.target)
+        except HTTPError as error:
+            record["reason"] = error.message
+            return self._answer_error(error.status, f"dockgate: {error.message}", head,
+                                      close=True), error.status
+        match = routes.classify(head.method, target)
+        request = Request(head.method, target, match)
+        record["operation"] = match.operation if match is not None else None
+        facts = NO_FACTS
+        body: bytes | None = None
+        decider = self.proxy.decider
+        try:
+            for _ in range(MAX_DECIDE_ROUNDS):
+                decision = decider.decide(self.client, request, facts)
+                if not isinstance(decision, NeedFacts):
+                    break
+                containers = dict(facts.containers)
+                for ref in decision.containers:
+                    if ref not in containers:
+                        containers[ref] = await self.proxy.upstream.container_facts(ref)
+                if decision.body and body is None:
+                    body = await self._read_whole_body(head)
+                facts = Facts(containers=containers, body=body)
+            else:
+                decision = Deny(f"dockgate: {head.method} {target.api_path} denied — the "
+                                "policy could not decide it", rule="undecidable")
+        except (HTTPError, _ClientGoneError) as error:
+            if isinstance(error, _ClientGoneError):
+                return False, 499
+            record["reason"] = error.message
+            close = error.close_connection or (head.has_body and body is None)
+            return self._answer_error(error.status, error.message, head, close), error.status
+        record["rule"] = decision.rule
+        unread_body = head.has_body and body is None
+        if isinstance(decision, Deny):
+            record["decision"] = "deny"
+            record["reason"] = decision.message
+            return self._answer_error(decision.status, decision.message, head,
+                                      close=unread_body), decision.status
+        record["decision"] = "allow"
+        stream = match.route.stream if match is not None else routes.Stream.PLAIN
+        return await self._forward(head, decision, stream, body, record)
+
+    async def _read_whole_body(self, head: http1.RequestHead) -> bytes:
+        limit = self.proxy.settings.max_inspect_bytes
+        if head.content_length is not None and head.content_length > limit:
+            raise BodyTooLarge(f"dockgate: request body larger than {limit} bytes cannot be "
+                               "inspected (DOCKGATE_MAX_INSPECT_BYTES)")
+        if head.expect_continue:
+            self.write(CONTINUE)
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            event = await self._next_body_event()
+            if isinstance(event, http1.EndOfMessage):
+                return b"".join(parts)
+            size += len(event.data)
+            if size > limit:
+                raise BodyTooLarge(f"dockgate: request body larger than {limit} bytes cannot "
+                                   "be inspected (DOCKGATE_MAX_INSPECT_BYTES)")
+            parts.append(bytes(event.data))
+
+    def _prefetch_body(self) -> list[http1.Data | http1.EndOfMessage]:
+        """Frame the body bytes already received, so bad framing is refused before forwarding."""
+        events: list[http1.Data | http1.EndOfMessage] = []
+        while True:
+            event = self.reader.next_event()
+            if not isinstance(event, http1.Data | http1.EndOfMessage):
+                return events
+            if isinstance(event, http1.Data):
+                self.bytes_in += len(event.data)
+            events.append(event)
+            if isinstance(event, http1.EndOfMessage):
+                return events
+
+    def _upstream_head(self, head: http1.RequestHead, allow: Allow, body: bytes | None,
+                       upgrade: bytes | None) -> bytes:
+        headers = http1.strip_hop_by_hop(head.headers)
+        if head.get(b"host") is None:
+            headers.insert(0, (b"Host", b"docker"))
+        if body is not None:
+            headers.append((b"Content-Length", b"%d" % len(body)))
+        elif head.chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        elif head.content_length is not None:
+            headers.append((b"Content-Length", b"%d" % head.content_length))
+        if upgrade is not None:
+            headers.append((b"Connection", b"Upgrade"))
+            headers.append((b"Upgrade", upgrade))
+        return http1.request_head(head.method, allow.target or head.target, headers)
+
+    async def _forward(self, head: http1.RequestHead, allow: Allow, stream: routes.Stream,
+                       body: bytes | None, record: dict[str, Any]) -> tuple[bool, int]:
+        upgrade = head.upgrade if stream in _RAW_KINDS else None
+        streamed: list[http1.Data | http1.EndOfMessage] = []
+        if body is None and head.has_body:
+            try:
+                streamed = self._prefetch_body()
+            except ProtocolError as error:
+                record["decision"] = "error"
+                record["reason"] = error.message
+                return self._answer_error(error.status, f"dockgate: {error.message}", head,
+                                          close=True), error.status
+        raw_head = self._upstream_head(head, allow, body, upgrade)
+        pool = self.proxy.upstream
+        for attempt in range(2):
+            try:
+                conn = await pool.acquire()
+            except UpstreamError as error:
+                record["reason"] = error.message
+                return self._answer_error(502, error.message, head,
+                                          close=head.has_body and body is None), 502
+            exchange = Exchange(self, conn, head, response_filter=allow.response_filter,
+                                stream=stream, upgrade=upgrade)
+            conn.sink = exchange
+            conn.reader.expect(head.method)
+            self.upstream = conn
+            if self._write_paused:
+                conn.pause_reading()  # the client is still behind on an earlier response
+            if body is not None:
+                conn.writelines([raw_head, body])
+            else:
+                conn.write(raw_head)
+            body_done = not head.has_body or body is not None
+            if not body_done:
+                if head.expect_continue:
+                    self.write(CONTINUE)
+                try:
+                    body_done = await self._stream_body(conn, head.chunked, streamed)
+                except (ProtocolError, _ClientGoneError) as error:
+                    conn.abort()
+                    self.upstream = None
+                    if isinstance(error, ProtocolError) and not exchange.started:
+                        record["reason"] = error.message
+                        return self._answer_error(error.status, f"dockgate: {error.message}",
+                                                  head, close=True), error.status
+                    self.abort()
+                    return False, 400 if isinstance(error, ProtocolError) else 499
+            outcome = await exchange.done
+            if outcome == "lost" and attempt == 0 and conn.reused and not conn.got_response \
+                    and (not head.has_body or body is not None):
+                continue  # the daemon had closed this pooled connection: one fresh try
+            break
+        self.upstream = None
+        if outcome == "lost":
+            conn.abort()
+            message = exchange.error or pool.unreachable_message("connection lost")
+            record["reason"] = message
+            return self._answer_error(502, message, head, close=not body_done), 502
+        if outcome == "broken":
+            conn.abort()
+            self.abort()
+            return False, exchange.status
+        if outcome == "switch":
+            await self._relay_raw(conn, exchange, record)
+            return False, exchange.status
+        if exchange.upstream_reusable and body_done:
+            pool.release(conn)
+        else:
+            conn.close()
+        return exchange.keep_alive and body_done, exchange.status
+
+    async def _stream_body(self, conn: UpstreamConnection, chunked: bool,
+                           prefetched: list[http1.Data | http1.EndOfMessage]) -> bool:
+        """Relay the request body as it arrives; True when all of it was read."""
+        pending = list(prefetched)
+        while True:
+            event = pending.pop(0) if pending else await self._next_body_event()
+            if isinstance(event, http1.EndOfMessage):
+                if chunked:
+                    conn.write(http1.LAST_CHUNK)
+                return True
+            if conn.closed:
+                continue  # the daemon went away; keep reading so the client gets its answer
+            if chunked:
+                conn.writelines([http1.chunk_header(len(event.data)), event.data, http1.CRLF])
+            else:
+                conn.write(event.data)
+            await conn.drain()
+
+    async def _relay_raw(self, conn: UpstreamConnection, exchange: Exchange,
+                         record: dict[str, Any]) -> None:
+        """Bytes both ways until both sides ended; EOFs become half-closes."""
+        self.raw = True
+        self.busy_plain = False
+        self.upstream = conn
+        loop = asyncio.get_running_loop()
+        self._raw_done = loop.create_future()
+        opened = time.monotonic()
+        logs.audit("session.open", client=record["client"], method=record["method"],
+                   target=record["target"], operation=record["operation"],
+                   status=exchange.status)
+        rest = self.reader.take_rest()
+        if rest:
+            conn.write(rest)
+        if self.eof:
+            self._raw_eof("client")
+        if conn.closed:
+            self.raw_lost()
+        self._resume("buffer")
+        await self._raw_done
+        conn.close()
+        self.upstream = None
+        logs.audit("session.close", client=record["client"], target=record["target"],
+                   bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+                   duration_ms=round((time.monotonic() - opened) * 1000, 3))
+
+    def _raw_eof(self, side: str) -> None:
+        self._raw_eofs.add(side)
+        if side == "client":
+            if self.upstream is not None:
+                self.upstream.write_eof()
+        elif self.transport is not None and not self.transport.is_closing():
+            try:
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
+                else:
+                    self.transport.close()
+            except (RuntimeError, OSError):
+                # uvloop raises RuntimeError from write_eof on a closing transport.
+                self.transport.close()
+        if len(self._raw_eofs) == 2 and self._raw_done is not None \
+                and not self._raw_done.done():
+            self._raw_done.set_result(None)
+
+    def _refuse_framing(self, status: int, why: str) -> None:
+        """Answer a request that could not be framed, close, and audit it."""
+        message = f"dockgate: {why}"
+        self._answer_error(status, message, None, close=True)
+        logs.audit("request", client=self.client.describe(), method=None, target=None,
+                   operation=None, decision="error", rule=None, reason=message,
+                   status=status, bytes_in=self.reader.buffered, bytes_out=self.bytes_out,
+                   duration_ms=0.0)
+        metrics.count_request("none", "error", status)
+
+    def _answer_error(self, status: int, message: str, head: http1.RequestHead | None,
+                      close: bool) -> bool:
+        """Answer ``status`` with a Docker-style JSON body; True to keep the connection."""
+        body = json.dumps({"message": message}).encode() + b"\n"
+        keep = (head is not None and head.keep_alive and not close
+                and not self.proxy.shutting_down)
+        headers = [(b"Content-Type", b"application/json"),
+                   (b"Content-Length", b"%d" % len(body))]
+        if not keep:
+            headers.append((b"Connection", b"close"))
+        elif head is not None and head.version == "1.0":
+            headers.append((b"Connection", b"keep-alive"))
+        data = http1.response_head(status, headers)
+        if head is None or head.method != "HEAD":
+            data += body
+        self.write(data)
+        return keep
+
+
+class Exchange:
+    """Relays one daemon response to the client, from the upstream protocol's callbacks."""
+
+    def __init__(self, client: ClientConnection, conn: UpstreamConnection,
+                 head: http1.RequestHead, *, response_filter: ResponseFilter | None,
+                 stream: routes.Stream, upgrade: bytes | None) -> None:
+        self.client = client
+        self.conn = conn
+        self.head = head
+        self.filter = response_filter
+        self.stream = stream
+        self.upgrade = upgrade
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.out: list[bytes | memoryview] = []
+        self.started = False
+        self.status = 0
+        self.mode = "none"           # none | length | chunked | close | collect | lines
+        self.keep_alive = False
+        self.upstream_reusable = False
+        self.error: str | None = None
+        self._headers: http1.Headers = []
+        self._collected: list[bytes] = []
+        self._collected_size = 0
+        self._line = b""
+
+    # upstream.ResponseSink -------------------------------------------------------------------
+
+    def on_event(self, event: http1.ResponseEvent) -> None:
+        if self.done.done():
+            return
+        if isinstance(event, http1.Data):
+            self._data(event.data)
+        elif isinstance(event, http1.ResponseHead):
+            self._head(event)
+        else:
+            self._end()
+
+    def flush(self) -> None:
+        if self.out:
+            self.client.bytes_out += sum(len(part) for part in self.out)
+            transport = self.client.transport
+            if transport is not None and not transport.is_closing():
+                transport.writelines(self.out)
+            self.out = []
+
+    def on_lost(self, error: UpstreamError) -> None:
+        if self.done.done():
+            return
+        self.error = error.message
+        self.done.set_result("broken" if self.started else "lost")
+
+    # relaying ----------------------------------------------------------------------------------
+
+    def _fail(self, message: str) -> None:
+        self.conn.abort()
+        self.error = message
+        if not self.done.done():
+            self.done.set_result("broken" if self.started else "lost")
+
+    def _switch(self, response: http1.ResponseHead, headers: http1.Headers) -> None:
+        self.started = True
+        self.client.write(http1.response_head(response.status, headers, response.reason))
+        self.conn.go_raw(self.client)
+        self.done.set_result("switch")
+
+    def _head(self, response: http1.ResponseHead) -> None:
+        status = response.status
+        if 100 <= status < 200 and status != 101:
+            return  # interim responses stay between us and the daemon
+        self.status = status
+        request = self.head
+        if status == 101:
+            if self.upgrade is None:
+                self._fail("dockgate: the daemon switched protocols for a request that "
+                           "did not ask for it")
+                return
+            headers = http1.strip_hop_by_hop(response.headers)
+            headers += [(b"Connection", b"Upgrade"),
+                        (b"Upgrade", response.get(b"upgrade") or self.upgrade)]
+            self._switch(response, headers)
+            return
+        content_type = (response.get(b"content-type") or b"").split(b";")[0].strip().lower()
+        if (self.stream == routes.Stream.HIJACK and status == 200
+                and response.close_delimited and content_type in RAW_STREAM_TYPES):
+            # Docker's other hijack form: 200 with a raw stream type, then raw bytes.
+            self._switch(response, http1.strip_hop_by_hop(response.headers))
+            return
+        client_11 = request.version == "1.1"
+        headers = http1.strip_hop_by_hop(response.headers)
+        close_after = self.upgrade is not None  # asked for raw, got HTTP: its next bytes are raw
+        if not response.has_body:
+            self.mode = "none"
+            if response.content_length is not None and (request.method == "HEAD"
+                                                        or status == 304):
+                headers.append((b"Content-Length", b"%d" % response.content_length))
+        elif self.filter is not None and self.filter.mode == "json-list":
+            self.mode = "collect"
+        elif self.filter is not None:
+            self.mode = "lines" if client_11 else "lines-close"
+        elif response.content_length is not None:
+            self.mode = "length"
+            headers.append((b"Content-Length", b"%d" % response.content_length))
+        elif client_11:
+            self.mode = "chunked"
+        else:
+            self.mode = "close"
+        if self.mode in ("close", "lines-close"):
+            close_after = True
+        elif self.mode in ("chunked", "lines"):
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        self.keep_alive = (request.keep_alive and not close_after
+                           and not self.client.proxy.shutting_down)
+        if not self.keep_alive:
+            headers.append((b"Connection", b"close"))
+        elif not client_11:
+            headers.append((b"Connection", b"keep-alive"))
+        self.upstream_reusable = response.keep_alive
+        if self.mode == "collect":
+            self._headers = headers
+            return
+        self.started = True
+        if self.stream == routes.Stream.STREAM:
+            logs.audit("stream.open", client=self.client.client.describe(),
+                       method=request.method, target=request.target, status=status)
+        self.out.append(http1.response_head(status, headers, response.reason))
+
+    def _data(self, data: bytes | memoryview) -> None:
+        mode = self.mode
+        if mode in ("length", "close"):
+            self.out.append(data)
+        elif mode == "chunked":
+            if data:
+                self.out += (http1.chunk_header(len(data)), data, http1.CRLF)
+        elif mode == "collect":
+            self._collected_size += len(data)
+            if self._collected_size > MAX_FILTERED_BYTES:
+                self._fail("dockgate: the daemon's answer is too large to filter")
+                return
+            self._collected.append(bytes(data))
+        elif mode in ("lines", "lines-close"):
+            self._lines(bytes(data))
+        else:
+            self._fail("dockgate: the daemon sent a body where none belongs")
+
+    def _lines(self, data: bytes) -> None:
+        # Docker's JSON streams (events) are one JSON object per line.
+        assert self.filter is not None
+        buffer = self._line + data
+        *complete, self._line = buffer.split(b"\n")
+        if len(self._line) > MAX_JSON_LINE:
+            self._fail("dockgate: a streamed JSON item is too large to filter")
+            return
+        for line in complete:
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue  # what cannot be read cannot be shown to be allowed
+            if isinstance(item, dict) and self.filter.keep(item):
+                piece = line + b"\n"
+                if self.mode == "lines":
+                    self.out += (http1.chunk_header(len(piece)), piece, http1.CRLF)
+                else:
+                    self.out.append(piece)
+
+    def _end(self) -> None:
+        if self.mode == "collect":
+            self._send_filtered_list()
+        elif self.mode in ("lines", "lines-close"):
+            if self._line.strip():
+                self._lines(b"\n")
+            if self.mode == "lines":
+                self.out.append(http1.LAST_CHUNK)
+        elif self.mode == "chunked":
+            self.out.append(http1.LAST_CHUNK)
+        if not self.done.done():
+            self.done.set_result("done")
+
+    def _send_filtered_list(self) -> None:
+        assert self.filter is not None
+        try:
+            items = json.loads(b"".join(self._collected)) if self._collected else []
+        except ValueError:
+            items = None
+        if not isinstance(items, list):
+            self._fail("dockgate: the daemon's answer is not the JSON list the policy filters")
+            return
+        kept = [item for item in items if isinstance(item, dict) and self.filter.keep(item)]
+        body = json.dumps(kept).encode() + b"\n"
+        headers = [*self._headers, (b"Content-Length", b"%d" % len(body))]
+        self.started = True
+        self.out += (http1.response_head(self.status, headers), body)
+
+
+async def serve(settings: Settings, decider: Decider,
+                reload: Callable[[], Decider] | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; the exit status."""
+    proxy = Proxy(settings, decider)
+    try:
+        await proxy.start()
+    except OSError as error:
+        problem = str(error)
+    else:
+        problem = ""
+    if problem:
+        log.error("cannot listen: %s", problem)
+        return 1
+    if settings.metrics_listen:
+        metrics.serve(settings.metrics_listen)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, proxy.reload, reload)
+    log.info("listening on %s, forwarding to %s, decisions by %s",
+             ", ".join(proxy.bound), settings.upstream_url, decider.name)
+    await stop.wait()
+    log.info("shutting down")
+    await proxy.shutdown()
+    return 0
+
+
+def run(settings: Settings, decider: Decider,
+        reload: Callable[[], Decider] | None = None) -> int:
+    """``dockgate serve``: the event loop is uvloop."""
+    result: int = uvloop.run(serve(settings, decider, reload))
+    return result

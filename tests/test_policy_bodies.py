@@ -1,0 +1,104 @@
+"""Container-create body inspection reads JSON the way dockerd (Go encoding/json) does.
+
+Each row is a body that asks for host access in a spelling a naive check would
+miss, or a harmless body that must still pass; anything dockgate cannot judge
+must be refused rather than waved through.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dockgate import bodies
+
+ALL = frozenset(bodies.CHECKS)
+CLEAN = b'{"Image": "busybox", "User": "1000:1000", "HostConfig": {"NetworkMode": "none"}}'
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    (b'{"HostConfig": {"Privileged": true}}', "privileged mode"),
+    (b'{"hostconfig": {"privileged": true}}', "privileged mode"),
+    (b'{"HOSTCONFIG": {"PrIvIlEgEd": true}}', "privileged mode"),
+    (b'{"Privileged": true}', "privileged mode"),
+    (b'{"HostConfig": {"Privileged": true, "privileged": null}}', "privileged mode"),
+    (b'{"HostConfig": {"Privileged": false, "privileged": true}}', "privileged mode"),
+    (b'{"HostConfig": {"\\u0050rivileged": true}}', "privileged mode"),
+    ('{"HostConfig": {"Privileged": true}}'.replace("s", "\u017f").encode(), "privileged mode"),
+    (b'{"HostConfig": {"Binds": ["/:/host"]}}', "host bind mount"),
+    (b'{"HostConfig": {"Binds": ["/etc:/etc:ro"]}}', "host bind mount"),
+    (b'{"HostConfig": {"Binds": ["data:/data", "/var/run/docker.sock:/s"]}}',
+     "host bind mount"),
+    (b'{"Binds": ["/:/host"]}', "host bind mount"),
+    (b'{"HostConfig": {"Mounts": [{"Type": "bind", "Source": "/", "Target": "/h"}]}}',
+     "mount of type 'bind'"),
+    (b'{"HostConfig": {"Mounts": [{"type": "BIND", "Source": "/", "Target": "/h"}]}}',
+     "mount of type 'BIND'"),
+    (b'{"HostConfig": {"Mounts": [{"Source": "/", "Target": "/h"}]}}', "mount of type ''"),
+    (b'{"HostConfig": {"Mounts": [{"Type": "volume", "Target": "/h", "VolumeOptions":'
+     b' {"DriverConfig": {"Name": "local", "Options": {"o": "bind", "device": "/"}}}}]}}',
+     "volume driver options"),
+    (b'{"HostConfig": {"VolumesFrom": ["other"]}}', "another container's volumes"),
+    (b'{"HostConfig": {"VolumeDriver": "sshfs"}}', "volume driver plugin"),
+    (b'{"HostConfig": {"NetworkMode": "host"}}', "network namespace 'host'"),
+    (b'{"HostConfig": {"NetworkMode": "container:abc"}}', "network namespace"),
+    (b'{"HostConfig": {"PidMode": "host"}}', "shared namespace 'host'"),
+    (b'{"HostConfig": {"PidMode": "container:abc"}}', "shared namespace"),
+    (b'{"HostConfig": {"IpcMode": "host"}}', "shared namespace"),
+    (b'{"HostConfig": {"UTSMode": "host"}}', "shared namespace"),
+    (b'{"HostConfig": {"UsernsMode": "host"}}', "shared namespace"),
+    (b'{"HostConfig": {"CgroupnsMode": "host"}}', "shared namespace"),
+    (b'{"HostConfig": {"PidMode": "ns:/proc/1/ns/pid"}}', "shared namespace"),
+    (b'{"HostConfig": {"CapAdd": ["SYS_ADMIN"]}}', "added capabilities"),
+    (b'{"HostConfig": {"Capabilities": ["CAP_SYS_ADMIN"]}}', "explicit capability set"),
+    (b'{"HostConfig": {"Devices": [{"PathOnHost": "/dev/sda"}]}}', "host devices"),
+    (b'{"HostConfig": {"DeviceRequests": [{"Count": -1}]}}', "host devices"),
+    (b'{"HostConfig": {"SecurityOpt": ["seccomp=unconfined"]}}', "security options"),
+    (b'{"Image": "busybox"}', "running as root"),
+    (b'{"User": "0"}', "running as root"),
+    (b'{"User": "00"}', "running as root"),
+    (b'{"User": "0:0"}', "running as root"),
+    (b'{"User": "root"}', "running as root"),
+    (b'{"User": "1000", "user": "0"}', "running as root"),
+])
+def test_a_body_asking_for_host_access_is_caught_in_every_spelling(
+        body: bytes, problem: str) -> None:
+    """Case, duplicates, escapes, nulls and the top-level HostConfig fallback all count."""
+    problems, _image = bodies.create_violations(body, ALL)
+    assert any(problem in found for found in problems), problems
+
+
+@pytest.mark.parametrize("body", [
+    CLEAN,
+    b'{"Image": "busybox", "User": "1000", "HostConfig": {"Binds": ["data:/data"]}}',
+    b'{"Image": "busybox", "User": "1000", "HostConfig": {"Mounts":'
+    b' [{"Type": "volume", "Source": "data", "Target": "/d"}, {"Type": "tmpfs",'
+    b' "Target": "/t"}]}}',
+    b'{"Image": "busybox", "User": "1000", "HostConfig": {"NetworkMode": "my-net",'
+    b' "IpcMode": "shareable", "Privileged": false, "CapAdd": null, "CapDrop": ["ALL"]}}',
+])
+def test_a_body_without_host_access_passes_every_check(body: bytes) -> None:
+    """The constraints must not break ordinary containers (volumes, tmpfs, own networks)."""
+    assert bodies.create_violations(body, ALL) == ([], "busybox")
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"not json", b"[]", b'"text"', b'{"Image": "a"} trailing', b"\xef\xbb\xbf{}",
+    b'{"Image": "\xff"}', '{"Image": "a"}'.encode("utf-16"), b'{"A": NaN}',
+    b'{"HostConfig": "host"}', b'{"HostConfig": {"Privileged": "true"}}',
+    b'{"HostConfig": {"Binds": "/:/host"}}', b'{"HostConfig": {"Binds": [1]}}',
+    b'{"HostConfig": {"Mounts": ["bind"]}}', b'{"HostConfig": {"NetworkMode": 1}}',
+    b'{"User": 0}', b"[" * 100000,
+])
+def test_a_body_that_cannot_be_judged_is_unparseable(body: bytes) -> None:
+    """Deny by default: whatever the parser or the type checks cannot read is refused."""
+    with pytest.raises(bodies.UnparseableError):
+        bodies.create_violations(body, ALL)
+
+
+def test_only_the_listed_checks_are_applied() -> None:
+    """A policy that denies only privileged mode still allows a host bind mount."""
+    body = b'{"Image": "x", "HostConfig": {"Binds": ["/srv:/srv"], "Privileged": true}}'
+    problems, image = bodies.create_violations(body, frozenset({"host-mounts"}))
+    assert image == "x"
+    assert problems == ["a host bind mount (HostConfig.Binds '/srv:/srv')"]
+    assert bodies.create_violations(body, frozenset()) == ([], "x")

@@ -1,0 +1,321 @@
+"""Container-scoped policies against the real daemon, through ``python -m dockgate serve``.
+
+The restart-only policy must let the docker CLI and docker-py restart exactly one
+container by any reference to it, refuse everything else with 403, and leave the
+daemon as it was: checked by a snapshot of containers, images, volumes and
+networks before and after.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from conftest import DockgateProcess, StartDockgate, unique_name
+
+pytestmark = pytest.mark.daemon
+
+DOCKER_CLI = "/usr/local/bin/docker"
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+
+    @property
+    def message(self) -> str:
+        return str(json.loads(self.body)["message"])
+
+
+def call(proxy: DockgateProcess, method: str, target: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> Reply:
+    """One request through the proxy on a fresh connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+    try:
+        connection.request(method, target, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return Reply(response.status, response.read())
+    finally:
+        connection.close()
+
+
+def run_container(client: docker.DockerClient, image: str, name: str) -> Any:
+    return client.containers.run(image, ["sleep", "600"], name=name, detach=True,
+                                 network_mode="none")
+
+
+def write_policy(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def restart_only(gw: str) -> str:
+    return (f"policies:\n  gw:\n    grants:\n      - allow: [system.ping, system.version]\n"
+            f"      - allow: [container.restart]\n        containers: {{names: [{gw}]}}\n"
+            "default: gw\n")
+
+
+def started_at(client: docker.DockerClient, name: str) -> str:
+    return str(client.api.inspect_container(name)["State"]["StartedAt"])
+
+
+def snapshot(client: docker.DockerClient) -> dict[str, Any]:
+    """What a denied request of these tests could have changed on the daemon.
+
+    The daemon is shared with other test sessions, so only the objects these
+    requests name are compared: this module's containers (state and StartedAt),
+    the busybox image and any image, volume or network named like ours, the
+    swarm state and the plugins.
+    """
+    api = client.api
+    return {
+        "containers": sorted((c["Id"], tuple(c["Names"]), c["State"],
+                              api.inspect_container(c["Id"])["State"]["StartedAt"])
+                             for c in api.containers(all=True, filters={"name": "dgtest-pol-"})),
+        "images": sorted((i["Id"], tuple(i.get("RepoTags") or ())) for i in api.images()
+                         if any(tag.startswith(("dockgate-test/busybox", "busybox",
+                                                "dgtest-pol"))
+                                for tag in i.get("RepoTags") or ())),
+        "volumes": sorted(v["Name"] for v in api.volumes().get("Volumes") or ()
+                          if v["Name"].startswith("dgtest-pol")),
+        "networks": sorted(n["Id"] for n in api.networks(names=["dgtest-pol-net"])),
+        "swarm": client.info()["Swarm"]["LocalNodeState"],
+        "plugins": api.plugins(),
+    }
+
+
+@pytest.fixture
+def gw_and_other(docker_client: docker.DockerClient,
+                 busybox_image: str) -> Iterator[tuple[Any, Any]]:
+    """Two running containers: the one the policy names, and one it must not touch."""
+    gw = run_container(docker_client, busybox_image, unique_name("pol-gw"))
+    other = run_container(docker_client, busybox_image, unique_name("pol-other"))
+    yield gw, other
+    for container in (gw, other):
+        container.remove(force=True)
+
+
+def tar_of(name: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def denied_requests(gw: str, other: str, other_id: str,
+                    image: str) -> list[tuple[str, str, bytes | None]]:
+    """Everything a restart-only client might try besides restarting gw."""
+    create = json.dumps({"Image": image, "Cmd": ["true"],
+                         "HostConfig": {"NetworkMode": "none"}}).encode()
+    create_bind = json.dumps({"Image": image, "Cmd": ["true"],
+                              "HostConfig": {"NetworkMode": "none",
+                                             "Binds": ["/:/host"]}}).encode()
+    return [
+        ("POST", f"/containers/{other}/restart", None),
+        ("POST", f"/v1.41/containers/{other_id[:12]}/restart", None),
+        ("POST", f"/containers/{other_id}/restart", None),
+        ("POST", f"/containers/create?name={gw}-new", create),
+        ("POST", f"/containers/create?name={gw}-bind", create_bind),
+        ("DELETE", f"/containers/{gw}?force=1", None),
+        ("GET", f"/containers/{gw}/json", None),
+        ("POST", f"/containers/{gw}/exec", b'{"Cmd": ["true"]}'),
+        ("GET", f"/containers/{gw}/logs?stdout=1", None),
+        ("POST", f"/containers/{gw}/attach?stream=1&stdout=1", None),
+        ("GET", f"/containers/{gw}/attach/ws?stream=1&stdin=1", None),
+        ("GET", f"/containers/{gw}/archive?path=/etc", None),
+        ("PUT", f"/containers/{gw}/archive?path=/tmp", tar_of("x", b"x")),
+        ("GET", f"/containers/{gw}/export", None),
+        ("POST", f"/containers/{gw}/stop", None),
+        ("POST", f"/containers/{gw}/kill", None),
+        ("POST", f"/containers/{gw}/rename?name={gw}-renamed", None),
+        ("POST", "/containers/prune", None),
+        ("GET", "/containers/json", None),
+        ("GET", "/images/json", None),
+        ("POST", "/images/create?fromImage=busybox&tag=latest", None),
+        ("DELETE", f"/images/{image}", None),
+        ("GET", "/volumes", None),
+        ("POST", "/volumes/create", b'{"Name": "dgtest-pol-vol"}'),
+        ("GET", "/networks", None),
+        ("POST", "/networks/create", b'{"Name": "dgtest-pol-net"}'),
+        ("POST", "/build?t=dgtest-pol-build", tar_of("Dockerfile", b"FROM scratch\n")),
+        ("GET", "/swarm", None),
+        ("POST", "/swarm/init", b'{"ListenAddr": "127.0.0.1"}'),
+        ("GET", "/plugins", None),
+        ("POST", "/plugins/pull?remote=x", b"[]"),
+        ("GET", "/info", None),
+        ("GET", "/events", None),
+    ]
+
+
+def test_restart_only_policy_restarts_gw_by_every_reference_and_refuses_everything_else(
+        docker_client: docker.DockerClient, busybox_image: str, start_dockgate: StartDockgate,
+        gw_and_other: tuple[Any, Any], tmp_path: Path) -> None:
+    """The issue's acceptance case: one container restartable, nothing else, state unchanged."""
+    gw, other = gw_and_other
+    proxy = start_dockgate(args=["--policy", write_policy(tmp_path, restart_only(gw.name))])
+    env = {**os.environ, "DOCKER_HOST": proxy.docker_host}
+
+    before = started_at(docker_client, gw.name)
+    cli = subprocess.run([DOCKER_CLI, "restart", "-t", "0", gw.name], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert cli.returncode == 0, cli.stderr
+    api = docker.APIClient(base_url=proxy.url, version="auto", timeout=60)
+    for reference in (gw.name, gw.id, gw.id[:12]):
+        after = started_at(docker_client, gw.name)
+        assert after != before
+        before = after
+        api.restart(reference, timeout=0)
+    assert started_at(docker_client, gw.name) != before
+
+    state = snapshot(docker_client)
+    out_of_scope = None
+    for method, target, body in denied_requests(gw.name, other.name, other.id, busybox_image):
+        headers = {"Content-Type": "application/json"} if body and body[:1] in b"{[" else {}
+        reply = call(proxy, method, target, body, headers)
+        assert reply.status == 403, (method, target, reply)
+        assert reply.message.startswith(f"dockgate: {method} "), reply.message
+        if target == f"/containers/{other.name}/restart":
+            out_of_scope = reply.message
+    for command in (["rm", "-f", gw.name], ["exec", gw.name, "true"],
+                    ["run", "--rm", "--network", "none", "-v", "/:/host", busybox_image, "true"],
+                    ["inspect", gw.name], ["logs", gw.name], ["images"]):
+        cli = subprocess.run([DOCKER_CLI, *command], env=env, capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert cli.returncode != 0, command
+        assert "dockgate:" in cli.stderr, (command, cli.stderr)
+    assert snapshot(docker_client) == state
+    assert out_of_scope == (f"dockgate: POST /containers/{other.name}/restart denied — "
+                            f"container.restart of container {other.name!r} is not granted "
+                            "by policy 'gw' (its container scope does not cover this "
+                            "container)")
+    api.close()
+
+
+def test_similar_names_never_match_and_a_container_renamed_to_gw_takes_over(
+        docker_client: docker.DockerClient, busybox_image: str, start_dockgate: StartDockgate,
+        tmp_path: Path) -> None:
+    """gw2 and xgw are other containers; after gw is gone, the new gw is in scope (documented)."""
+    gw_name = unique_name("pol-gw")
+    gw = run_container(docker_client, busybox_image, gw_name)
+    gw2 = run_container(docker_client, busybox_image, gw_name + "2")
+    xgw = run_container(docker_client, busybox_image, "x" + gw_name)
+    proxy = start_dockgate(args=["--policy", write_policy(tmp_path, restart_only(gw_name))])
+    try:
+        for container in (gw2, xgw):
+            before = started_at(docker_client, container.name)
+            reply = call(proxy, "POST", f"/containers/{container.name}/restart?t=0")
+            assert reply.status == 403
+            assert started_at(docker_client, container.name) == before
+        unknown = call(proxy, "POST", "/containers/dgtest-pol-nothing-here/restart")
+        assert unknown.status == 403
+        assert unknown.message == (
+            "dockgate: POST /containers/dgtest-pol-nothing-here/restart denied — "
+            "container.restart of container 'dgtest-pol-nothing-here' is not granted by "
+            "policy 'gw' (its container scope does not cover this container)")
+
+        gw.remove(force=True)
+        assert call(proxy, "POST", f"/containers/{gw_name}/restart?t=0").status == 403
+        gw2.rename(gw_name)
+        before = started_at(docker_client, gw2.id)
+        assert call(proxy, "POST", f"/containers/{gw_name}/restart?t=0").status == 204
+        assert started_at(docker_client, gw2.id) != before
+    finally:
+        for container in (gw2, xgw):
+            container.remove(force=True)
+
+
+def test_an_ambiguous_id_prefix_is_denied_like_an_out_of_scope_container(
+        docker_client: docker.DockerClient, busybox_image: str, start_dockgate: StartDockgate,
+        tmp_path: Path) -> None:
+    """A prefix that names two containers must not reveal that they exist."""
+    created = []
+    try:
+        while True:
+            ids = [c["Id"] for c in docker_client.api.containers(all=True)]
+            firsts = [i[0] for i in ids]
+            shared = sorted({f for f in firsts if firsts.count(f) > 1})
+            if shared:
+                break
+            created.append(docker_client.containers.create(
+                busybox_image, ["true"], name=unique_name("pol-amb"), network_mode="none"))
+        proxy = start_dockgate(args=["--policy", write_policy(tmp_path,
+                                                              restart_only("dgtest-none"))])
+        reply = call(proxy, "POST", f"/containers/{shared[0]}/restart")
+        assert reply.status == 403
+        assert reply.message == (
+            f"dockgate: POST /containers/{shared[0]}/restart denied — container.restart of "
+            f"container {shared[0]!r} is not granted by policy 'gw' (its container scope does "
+            "not cover this container)")
+    finally:
+        for container in created:
+            container.remove(force=True)
+
+
+def test_a_scoped_list_and_event_stream_show_only_the_containers_in_scope(
+        docker_client: docker.DockerClient, start_dockgate: StartDockgate,
+        gw_and_other: tuple[Any, Any], tmp_path: Path) -> None:
+    """GET /containers/json and /events must not reveal containers outside the scope."""
+    gw, other = gw_and_other
+    policy_text = (f"policies:\n  see:\n    grants:\n      - allow: [container.list, "
+                   f"system.events]\n        containers: {{names: [{gw.name}]}}\n"
+                   "default: see\n")
+    proxy = start_dockgate(args=["--policy", write_policy(tmp_path, policy_text)])
+    listed = json.loads(call(proxy, "GET", "/containers/json?all=1").body)
+    assert [c["Id"] for c in listed] == [gw.id]
+
+    since = int(time.time()) - 1
+    docker_client.api.restart(other.id, timeout=0)
+    docker_client.api.restart(gw.id, timeout=0)
+    until = int(time.time()) + 1
+    time.sleep(1.1)
+    reply = call(proxy, "GET", f"/events?since={since}&until={until}")
+    assert reply.status == 200
+    events = [json.loads(line) for line in reply.body.splitlines() if line.strip()]
+    assert events
+    assert {e["Actor"]["ID"] for e in events} == {gw.id}
+    assert {e["Type"] for e in events} == {"container"}
+    direct = docker_client.api.events(since=since, until=until, decode=True)
+    assert {e["Actor"]["ID"] for e in direct} >= {gw.id, other.id}
+
+
+def test_the_environment_grant_serves_docker_py_and_inspect_needs_its_own_variable(
+        docker_client: docker.DockerClient, start_dockgate: StartDockgate,
+        gw_and_other: tuple[Any, Any]) -> None:
+    """ALLOW_RESTART_CONTAINERS alone suits api.restart; containers.get() also needs inspect."""
+    gw, other = gw_and_other
+    restart_only_proxy = start_dockgate(env={"ALLOW_RESTART_CONTAINERS": gw.name})
+    client = docker.DockerClient(base_url=restart_only_proxy.url, version="auto", timeout=60)
+    before = started_at(docker_client, gw.name)
+    client.api.restart(gw.name, timeout=0)
+    assert started_at(docker_client, gw.name) != before
+    with pytest.raises(docker.errors.APIError) as caught:
+        client.containers.get(gw.name)
+    assert caught.value.status_code == 403
+    client.close()
+
+    both = start_dockgate(env={"ALLOW_RESTART_CONTAINERS": gw.name,
+                               "ALLOW_INSPECT_CONTAINERS": gw.name})
+    client = docker.DockerClient(base_url=both.url, version="auto", timeout=60)
+    before = started_at(docker_client, gw.name)
+    client.containers.get(gw.name).restart(timeout=0)
+    assert started_at(docker_client, gw.name) != before
+    with pytest.raises(docker.errors.APIError) as caught:
+        client.containers.get(other.name)
+    assert caught.value.status_code == 403
+    client.close()
