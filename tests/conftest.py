@@ -37,9 +37,16 @@ def free_port() -> int:
         return port
 
 
+# Names handed out by this test session: the cleanup removes these only, so that
+# concurrent sessions on the same daemon do not remove each other's containers.
+SESSION_NAMES: set[str] = set()
+
+
 def unique_name(stem: str) -> str:
     """A container name unique to this run, with the prefix the cleanup looks for."""
-    return f"{NAME_PREFIX}{stem}-{uuid.uuid4().hex[:8]}"
+    name = f"{NAME_PREFIX}{stem}-{uuid.uuid4().hex[:8]}"
+    SESSION_NAMES.add(name)
+    return name
 
 
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
@@ -89,7 +96,9 @@ def docker_client() -> Iterator[docker.DockerClient]:
                     "--ip6tables=false &")
     yield client
     for container in client.containers.list(all=True, filters={"name": NAME_PREFIX}):
-        # It may be gone meanwhile (--rm, or a concurrent test session).
+        if container.name not in SESSION_NAMES:
+            continue  # another test session's, maybe still in use
+        # It may be gone meanwhile (--rm).
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
     client.close()

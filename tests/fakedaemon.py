@@ -81,14 +81,17 @@ class FakeConnection:
         return data
 
     def read_exactly(self, size: int) -> bytes:
-        while len(self.buffer) < size:
+        collected = bytearray(self.buffer)
+        while len(collected) < size:
+            if self.daemon.read_delay:
+                time.sleep(self.daemon.read_delay)  # a daemon slower than the client
             data = self.sock.recv(65536)
             if not data:
                 raise ConnectionError("peer closed")
             self.record.extend(data)
-            self.buffer += data
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
+            collected += data
+        self.buffer = bytes(collected[size:])
+        return bytes(collected[:size])
 
     def read_line(self) -> bytes:
         while b"\r\n" not in self.buffer:
@@ -208,6 +211,19 @@ def answer_forever(interval: float = 0.05) -> Handler:
     return handler
 
 
+def answer_quiet_stream(first: bytes = b'{"status":"start"}\n') -> Handler:
+    """A chunked stream that sends one item, then nothing until the peer goes away (events)."""
+
+    def handler(request: Received, conn: FakeConnection) -> bool:
+        conn.chunked_head()
+        conn.chunk(first)
+        while conn.recv():
+            pass
+        return False
+
+    return handler
+
+
 def answer_broken(partial: bytes = b'{"part') -> Handler:
     """Promise 100 bytes, send a few, close: a daemon dying mid-response."""
 
@@ -315,6 +331,7 @@ class FakeDaemon:
         self.raw: list[bytearray] = []
         self.open_connections = 0
         self.hijack_eofs = 0
+        self.read_delay = 0.0  # seconds to wait before each read of a request body
         self.record_file = record_file
         self._lock = threading.Lock()
         self._server: socketserver.ThreadingUnixStreamServer | None = None
@@ -375,6 +392,7 @@ class FakeDaemon:
         class Server(socketserver.ThreadingUnixStreamServer):
             daemon_threads = True
             block_on_close = False
+            request_queue_size = 1024  # a proxy opens many connections at once
 
         self._server = Server(self.path, Handler)
         self._thread = threading.Thread(target=self._server.serve_forever,
@@ -491,6 +509,7 @@ def read_replies(sock: socket.socket, requests: list[tuple[str, str]]) -> list[R
         conn.send(h11.Request(method=method, target=target, headers=[("Host", "docker")]))
         conn.send(h11.EndOfMessage())
         reply = Reply(0, {}, b"")
+        body = bytearray()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -499,9 +518,10 @@ def read_replies(sock: socket.socket, requests: list[tuple[str, str]]) -> list[R
                 reply.status = event.status_code
                 reply.headers = {k.decode().lower(): v.decode() for k, v in event.headers}
             elif isinstance(event, h11.Data):
-                reply.body += bytes(event.data)
+                body += event.data
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                 break
+        reply.body = bytes(body)
         replies.append(reply)
         if conn.their_state is not h11.DONE or conn.our_state is not h11.DONE:
             break

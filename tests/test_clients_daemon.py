@@ -9,6 +9,7 @@ differs in exactly one identity.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -102,7 +103,8 @@ def setup(docker_client: docker.DockerClient, busybox_image: str,
         "--tls-ca", str(tmp_path / "ca.pem")])
     wait_for_port(tls_port)
     yield Setup(proxy, gw, socket_path, tls_port, tmp_path)
-    gw.remove(force=True)
+    with contextlib.suppress(docker.errors.NotFound):  # a concurrent run's cleanup may win
+        gw.remove(force=True)
     shutil.rmtree(folder)
 
 

@@ -10,9 +10,12 @@ import subprocess
 from pathlib import Path
 
 import docker
+import pytest
 import yaml
 
 from conftest import free_port, unique_name
+
+pytestmark = pytest.mark.daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "mcp-gateway.md"
@@ -43,26 +46,32 @@ def test_quickstart_block_sets_up_a_working_restart_only_relay(
     assert DOC_GATEWAY in rest
     assert BACKGROUND in rest
     gateway = unique_name("relay-docgw")
-    container = docker_client.containers.run(busybox_image, ["sleep", "3600"], name=gateway,
-                                             network_mode="none", detach=True)
+    # A gateway that stops on SIGTERM, so the doc's default 10 s stop timeout is not waited.
+    container = docker_client.containers.run(
+        busybox_image, ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"],
+        name=gateway, network_mode="none", detach=True)
     before = container.attrs["State"]["StartedAt"]
     port = free_port()
     rest = rest.replace(DOC_GATEWAY, f"export GATEWAY={gateway}")
     rest = rest.replace(BACKGROUND, BACKGROUND + "echo $! > dockgate.pid\n")
     rest = rest.replace(DOC_LISTEN, f"127.0.0.1:{port}")
+    # Files, not pipes: the backgrounded dockgate keeps its inherited outputs open.
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     try:
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", rest], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=120, env=shell_env(),
-                                check=False)
+        with out.open("w") as stdout, err.open("w") as stderr:
+            result = subprocess.run(["bash", "-euo", "pipefail", "-c", rest], cwd=tmp_path,
+                                    stdout=stdout, stderr=stderr, timeout=120,
+                                    env=shell_env(), check=False)
     finally:
         pid_file = tmp_path / "dockgate.pid"
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
-    assert result.returncode == 0, result.stdout + result.stderr
-    outcome = json.loads(result.stdout.splitlines()[0])
+    lines = out.read_text().splitlines()
+    assert result.returncode == 0, out.read_text() + err.read_text()
+    outcome = json.loads(lines[0])
     assert (outcome["status"], outcome["servers"]) == ("ok", ["github"])
-    assert result.stdout.splitlines()[-1] == "refused, as it should be"
-    assert f"DELETE /v1.41/containers/{gateway} denied" in result.stderr
+    assert lines[-1] == "refused, as it should be"
+    assert f"dockgate: DELETE /containers/{gateway} denied" in err.read_text()
     container.reload()
     assert container.attrs["State"]["Running"]
     assert container.attrs["State"]["StartedAt"] == outcome["restarted"]["started_at"] != before

@@ -7,7 +7,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from fakedaemon import (
     Received,
     answer_forever,
     answer_hijack,
+    answer_quiet_stream,
     answer_upgrade_websocket,
     connect,
     is_closed,
@@ -63,6 +64,16 @@ def read_exactly(sock: socket.socket, size: int, already: bytes = b"") -> bytes:
         assert chunk, f"closed after {data!r}"
         data += chunk
     return data
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def exec_start(body: bytes = EXEC_BODY, extra: bytes = b"") -> bytes:
@@ -142,7 +153,8 @@ def test_daemon_half_close_reaches_the_client_which_can_still_send(fake: FakeDae
         sock.sendall(b"late-input")
         sock.shutdown(socket.SHUT_WR)
         assert is_closed(sock)
-    assert b"".join(got_after_eof) == b"late-input"
+        # The fake's thread may read a moment after the proxy closed its side.
+        assert wait_for(lambda: b"".join(got_after_eof) == b"late-input")
 
 
 def test_websocket_attach_is_relayed_after_101(fake: FakeDaemon) -> None:
@@ -159,6 +171,27 @@ def test_websocket_attach_is_relayed_after_101(fake: FakeDaemon) -> None:
         sock.sendall(b"\x81\x02hi")
         assert read_exactly(sock, 4, rest) == b"\x81\x02hi"
     assert fake.requests[0].header("Sec-WebSocket-Key") == "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def test_session_upgrade_to_h2c_is_relayed(fake: FakeDaemon) -> None:
+    """/session (BuildKit) upgrades to h2c once allowed; the bytes after 101 are opaque."""
+    def upgrade_h2c(request: Received, conn: FakeConnection) -> bool:
+        conn.send(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                  b"Upgrade: h2c\r\n\r\n")
+        while data := conn.recv():
+            conn.send(data.upper())
+        return False
+
+    fake.on("POST", "/session", upgrade_h2c)
+    with run_proxy(f"unix://{fake.path}") as proxy, connect(proxy.port) as sock:
+        sock.sendall(b"POST /session HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: h2c\r\nX-Docker-Expose-Session-Uuid: u1\r\n\r\n")
+        head, rest = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert b"upgrade: h2c" in head.lower()
+        sock.sendall(b"prism")
+        assert read_exactly(sock, 5, rest) == b"PRISM"
+    assert fake.requests[0].header("Upgrade") == "h2c"
 
 
 def test_upgrade_on_a_plain_route_is_not_forwarded(fake: FakeDaemon) -> None:
@@ -191,15 +224,6 @@ def test_refused_upgrade_answers_and_closes(fake: FakeDaemon) -> None:
     assert json.loads(data.split(b"\r\n\r\n", 1)[1]) == {"message": "no such exec"}
 
 
-def wait_for(condition: object, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_client_leaving_a_stream_closes_the_daemon_side(fake: FakeDaemon) -> None:
     """A client dropping `logs -f` must not leave a daemon connection (or an fd) behind."""
     fake.on("GET", "/containers/c1/logs", answer_forever())
@@ -215,6 +239,22 @@ def test_client_leaving_a_stream_closes_the_daemon_side(fake: FakeDaemon) -> Non
             sock.close()
         assert wait_for(lambda: fake.open_connections == 0)
         assert wait_for(lambda: proxy.call(lambda: proxy.proxy.upstream.open_connections) == 0)
+        assert wait_for(lambda: open_fds() <= before)
+
+
+def test_client_leaving_a_quiet_stream_closes_the_daemon_side(fake: FakeDaemon) -> None:
+    """`docker events` with no events: the client's close alone must free both connections."""
+    fake.on("GET", "/events", answer_quiet_stream())
+    with run_proxy(f"unix://{fake.path}") as proxy:
+        before = open_fds()
+        clients = [connect(proxy.port) for _ in range(20)]
+        for sock in clients:
+            sock.sendall(b"GET /events HTTP/1.1\r\nHost: d\r\n\r\n")
+            assert read_head(sock)[0].startswith(b"HTTP/1.1 200")
+        assert wait_for(lambda: fake.open_connections == 20)
+        for sock in clients:
+            sock.close()
+        assert wait_for(lambda: fake.open_connections == 0)
         assert wait_for(lambda: open_fds() <= before)
 
 

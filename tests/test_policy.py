@@ -55,8 +55,9 @@ def decide(decider: policy.PolicyDecider, method: str, target: str,
         if not isinstance(decision, NeedFacts):
             return decision
         known = containers or {}
+        body_given = b"" if body is None else body
         facts = Facts(containers={ref: known.get(ref) for ref in decision.containers},
-                      body=body if decision.body else facts.body)
+                      body=body_given if decision.body else facts.body)
     raise AssertionError("the decider kept asking for facts")
 
 
@@ -168,6 +169,23 @@ def test_unknown_and_out_of_scope_containers_get_the_same_denial() -> None:
     assert isinstance(unknown, Deny)
     assert isinstance(other, Deny)
     assert unknown == other
+
+
+def test_a_missing_container_the_grant_names_is_reported_missing() -> None:
+    """'gw' is the client's own grant: a 404 tells 'gateway missing' from 'not allowed'."""
+    decider = compile_policy(RESTART_GW)
+    decision = decide(decider, "POST", "/containers/gw/restart", containers={"gw": None})
+    assert isinstance(decision, Deny)
+    assert (decision.status, decision.message) == (404, "No such container: gw")
+
+
+def test_a_resolution_without_a_full_id_is_denied_rather_than_forwarded() -> None:
+    """Only a 64-hex ID may replace the reference; anything else cannot be pinned."""
+    decider = compile_policy(RESTART_GW)
+    for bad_id in ("", "a1a1", "../x", GW_ID.upper()):
+        decision = decide(decider, "POST", "/containers/gw/restart",
+                          containers={"gw": gw(cid=bad_id)})
+        assert isinstance(decision, Deny), bad_id
 
 
 def test_a_container_renamed_to_gw_is_in_scope_of_a_name_rule() -> None:
@@ -451,6 +469,29 @@ def test_image_scopes_match_the_reference_in_the_path_or_query(
     assert isinstance(decide(decider, method, target), Allow) is allowed
 
 
+@pytest.mark.parametrize(("body", "allowed"), [
+    (b"", True), (b"{}", True), (b" {} ", True),
+    (b'{"HostConfig": {"Privileged": true}}', False),
+    (b'{"Binds": ["/:/host"]}', False), (b"garbage", False),
+])
+def test_a_start_is_allowed_only_without_a_configuration_body(body: bytes,
+                                                              allowed: bool) -> None:
+    """Below API 1.24 a start body carries a HostConfig, which would bypass create checks."""
+    decider = compile_policy("""\
+        policies:
+          starter:
+            grants:
+              - allow: [container.start]
+                containers: {names: [gw]}
+        default: starter
+    """)
+    target = "/v1.23/containers/gw/start"
+    first = decider.decide(LOCAL, request("POST", target), Facts())
+    assert first == NeedFacts(containers=("gw",), body=True)
+    decision = decide(decider, "POST", target, containers={"gw": gw()}, body=body)
+    assert isinstance(decision, Allow) is allowed, decision
+
+
 # --- files, errors and lint ----------------------------------------------------------------
 
 
@@ -653,7 +694,9 @@ def test_explain_reports_a_rejected_target_and_a_body_dependent_verdict() -> Non
 @pytest.mark.parametrize(("spec", "expected"), [
     ("127.0.0.2", "policy:    relay"), ("uid=0", "policy:    admin"),
     ("gid=5", "policy:    (none"), ("cn=monitor", "policy:    cert"),
-    ("san=dash.internal", "policy:    cert"),
+    ("san=dash.internal", "policy:    cert"), ("10.9.9.9,cn=monitor", "policy:    cert"),
+    ("127.0.0.1,listener=tcp://127.0.0.1:2375", "policy:    ping"),
+    ("uid=65534,gid=65534,listener=unix:///run/dg-nobody.sock", "policy:    ping"),
 ])
 def test_explain_selects_the_policy_of_the_client_given(spec: str, expected: str) -> None:
     """dockgate check --client must pick the same policy the proxy would."""
@@ -671,9 +714,21 @@ def test_explain_mentions_a_response_filter_and_a_route_that_does_not_exist() ->
     assert "not a Docker Engine API route" in report
 
 
+def test_explain_assumes_no_body_for_a_start() -> None:
+    """A start is judged as the CLI sends it (no body); only create depends on its body."""
+    decider = compile_policy("""\
+        policies:
+          s: {grants: [{allow: [container.start], containers: {names: [gw]}}]}
+        default: s
+    """)
+    report, allowed = policy.explain(decider, "POST", "/containers/gw/start")
+    assert allowed
+    assert "assuming no request body" in report
+
+
 def test_explain_refuses_a_client_it_cannot_read() -> None:
     """--client takes an address, uid=, gid=, cn= or san=; anything else is an error."""
-    for spec in ("nobody", "uid=root", "pid=1"):
+    for spec in ("nobody", "uid=root", "pid=1", "uid=1,uid=2"):
         with pytest.raises(ConfigError, match=f"--client '{spec}' is invalid"):
             policy.explain(compile_policy(RESTART_GW), "GET", "/_ping", client=spec)
 

@@ -7,7 +7,12 @@ must be refused rather than waved through.
 
 from __future__ import annotations
 
+import json
+import random
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dockgate import bodies
 
@@ -23,6 +28,10 @@ CLEAN = b'{"Image": "busybox", "User": "1000:1000", "HostConfig": {"NetworkMode"
     (b'{"HostConfig": {"Privileged": true, "privileged": null}}', "privileged mode"),
     (b'{"HostConfig": {"Privileged": false, "privileged": true}}', "privileged mode"),
     (b'{"HostConfig": {"\\u0050rivileged": true}}', "privileged mode"),
+    (b'{"HostConfig": {"Privileged": true}, "HostConfig": {"Memory": 1}}', "privileged mode"),
+    (b'{"HostConfig": {"Privileged": true}, "hostconfig": {"privileged": null}}',
+     "privileged mode"),
+    (b'{"HostConfig": {"MaskedPaths": [], "ReadonlyPaths": []}}', "explicit /proc path"),
     ('{"HostConfig": {"Privileged": true}}'.replace("s", "\u017f").encode(), "privileged mode"),
     (b'{"HostConfig": {"Binds": ["/:/host"]}}', "host bind mount"),
     (b'{"HostConfig": {"Binds": ["/etc:/etc:ro"]}}', "host bind mount"),
@@ -102,3 +111,42 @@ def test_only_the_listed_checks_are_applied() -> None:
     assert image == "x"
     assert problems == ["a host bind mount (HostConfig.Binds '/srv:/srv')"]
     assert bodies.create_violations(body, frozenset()) == ([], "x")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["HostConfig", "hostconfig", "Binds", "Mounts", "Type", "Privileged",
+                         "NetworkMode", "PidMode", "CapAdd", "User", "Image", "VolumesFrom",
+                         "VolumeOptions", "DriverConfig", "Devices", "SecurityOpt", "x"]),
+        inner, max_size=5),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_any_json_body_is_judged_or_refused_as_unparseable(value: object) -> None:
+    """Whatever shape a body has, inspection answers or says it cannot: it never crashes."""
+    body = json.dumps(value).encode()
+    try:
+        problems, image = bodies.create_violations(body, ALL)
+    except bodies.UnparseableError:
+        return
+    assert isinstance(image, str)
+    assert all(isinstance(problem, str) for problem in problems)
+
+
+@given(st.lists(st.sampled_from(["Privileged", "Binds", "PidMode"]), min_size=1, max_size=3),
+       st.randoms(use_true_random=False))
+def test_a_dangerous_field_is_caught_in_any_letter_case(fields: list[str],
+                                                        rng: random.Random) -> None:
+    """Go matches field names case-insensitively, so every casing must be inspected."""
+    values = {"Privileged": True, "Binds": ["/:/host"], "PidMode": "host"}
+
+    def scramble(word: str) -> str:
+        return "".join(c.upper() if rng.random() < 0.5 else c.lower() for c in word)
+
+    host_config = {scramble(field): values[field] for field in fields}
+    body = json.dumps({scramble("HostConfig"): host_config}).encode()
+    problems, _image = bodies.create_violations(body, ALL)
+    assert len([p for p in problems if "root" not in p]) == len(set(fields))

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mcprelay.cli import main, parse_listen
+from mcprelay.errors import InputError
+
 SERVERS_YAML = """\
 servers:
   - name: github
@@ -116,3 +119,79 @@ def test_usage_errors_exit_2() -> None:
     """argparse's usage errors keep their conventional code, distinct from the relay's."""
     assert relay("apply").returncode == 2
     assert relay("restart", "--readiness", "maybe").returncode == 2
+
+
+def test_main_in_process_renders_and_reports_input_errors(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The entry point itself (not only `python -m`): output on stdout, errors on stderr."""
+    servers = tmp_path / "servers.yaml"
+    servers.write_text(SERVERS_YAML)
+    assert main(["render", str(servers), "--display-name", "Mine"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["displayName"] == "Mine"
+    servers.write_text("- name: Bad\n  image: mcp/x\n")
+    assert main(["render", str(servers)]) == 10
+    assert "invalid server name 'Bad'" in capsys.readouterr().err
+
+
+def test_main_in_process_applies_without_restart(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """apply's JSON outcome names the catalog and says nothing was restarted."""
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"servers": [{"name": "fetch", "image": "mcp/fetch"}]}))
+    catalog = tmp_path / "catalog.yaml"
+    assert main(["apply", str(servers), "--catalog", str(catalog), "--no-restart"]) == 0
+    outcome = json.loads(capsys.readouterr().out)
+    assert outcome == {"status": "ok", "catalog": str(catalog), "servers": ["fetch"],
+                       "restarted": None}
+
+
+def test_invalid_docker_host_is_refused_before_writing(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DOCKER_HOST the relay cannot use stops it before the catalog changes."""
+    monkeypatch.setenv("DOCKER_HOST", "ssh://user@host")
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps([{"name": "fetch", "image": "mcp/fetch"}]))
+    catalog = tmp_path / "catalog.yaml"
+    assert main(["apply", str(servers), "--catalog", str(catalog)]) == 10
+    assert "DOCKER_HOST='ssh://user@host' is not supported" in capsys.readouterr().err
+    assert not catalog.exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--gateway", "bad name"], "invalid gateway container name"),
+    (["--stop-timeout", "-1"], "must not be negative"),
+    (["--health-url", "ftp://gw/health"], "must be http:// or https://"),
+])
+def test_invalid_restart_options_exit_10(capsys: pytest.CaptureFixture[str], args: list[str],
+                                         message: str) -> None:
+    """Restart settings are validated up front, each with a message naming the problem."""
+    assert main(["restart", *args]) == 10
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("127.0.0.1:8765", ("127.0.0.1", 8765)),
+    ("[::1]:8765", ("::1", 8765)),
+])
+def test_listen_addresses_parse(value: str, expected: tuple[str, int]) -> None:
+    """--listen takes HOST:PORT, IPv6 in brackets."""
+    assert parse_listen(value) == expected
+
+
+@pytest.mark.parametrize("value", ["8765", ":8765", "127.0.0.1:", "127.0.0.1:0",
+                                   "127.0.0.1:70000", "127.0.0.1:http"])
+def test_bad_listen_addresses_are_input_errors(value: str) -> None:
+    """A listen address without a host or with a bad port is refused with an example."""
+    with pytest.raises(InputError, match="expected HOST:PORT"):
+        parse_listen(value)
+
+
+def test_empty_token_file_is_refused(capsys: pytest.CaptureFixture[str],
+                                     tmp_path: Path) -> None:
+    """An empty token would make every request 'authorized': refuse to start."""
+    token = tmp_path / "token"
+    token.write_text("\n")
+    assert main(["serve-hook", "--listen", "127.0.0.1:1", "--state", str(tmp_path / "s.json"),
+                 "--catalog", str(tmp_path / "c.yaml"), "--token-file", str(token)]) == 10
+    assert "--token-file is empty" in capsys.readouterr().err

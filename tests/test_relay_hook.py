@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
@@ -21,13 +22,16 @@ from mcprelay.restart import RestartOptions
 GITHUB = {"name": "github", "image": "mcp/github:latest",
           "secrets": [{"name": "github.token", "env": "GITHUB_TOKEN", "value": "s3cret"}]}
 
+@contextlib.contextmanager
 def start_hook(config: RelayConfig, **kwargs: Any) -> Iterator[HookServer]:
     server = HookServer(("127.0.0.1", 0), Relay(config), **kwargs)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
@@ -38,7 +42,8 @@ def files(tmp_path: Path) -> RelayConfig:
 
 @pytest.fixture
 def hook(files: RelayConfig) -> Iterator[HookServer]:
-    yield from start_hook(files, token="t0ken")
+    with start_hook(files, token="t0ken") as server:
+        yield server
 
 
 def request(server: HookServer, method: str, path: str, body: bytes = b"",
@@ -98,7 +103,7 @@ def test_image_with_spaces_is_422(hook: HookServer) -> None:
 
 def test_body_over_the_limit_is_413_without_being_read(files: RelayConfig) -> None:
     """Request size is bounded before the body is read or parsed."""
-    for server in start_hook(files, max_body=1024):
+    with start_hook(files, max_body=1024) as server:
         status, answer = request(server, "POST", "/events", b"{" + b" " * 2000 + b"}",
                                  {"Content-Type": "application/json"})
         assert (status, answer["error"]) == (413, "too_large")
@@ -151,7 +156,7 @@ def test_failed_restart_is_502_with_the_error_class(files: RelayConfig) -> None:
     endpoint = endpoint_from_env({"DOCKER_HOST": f"tcp://127.0.0.1:{free_port()}"})
     config = RelayConfig(catalog=files.catalog, env_file=files.env_file, state=files.state,
                          endpoint=endpoint, restart=RestartOptions(gateway="gw", retries=0))
-    for server in start_hook(config):
+    with start_hook(config) as server:
         status, answer = post_event(server, {"event": "approved", "server": GITHUB})
         assert (status, answer["error"]) == (502, "unreachable")
         assert "Connection refused" in answer["message"]

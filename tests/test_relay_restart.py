@@ -7,7 +7,9 @@ checks the restart itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import ssl
 import subprocess
 import sys
 import threading
@@ -51,7 +53,7 @@ class FakeDocker:
 
     script: dict[tuple[str, str], list[Reply]]
     received: list[str] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
+    server: FakeServer | None = None
 
     def reply(self, method: str, target: str) -> Reply:
         self.received.append(f"{method} {target}")
@@ -71,41 +73,65 @@ def inspect(running: bool, started_at: str) -> Reply:
                                  "Error": ""}})
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeDocker]:
-    fake = FakeDocker({})
+class FakeHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FakeServer
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the tests assert on ``received`` instead."""
 
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet: the test asserts on ``received`` instead."""
+    def handle_one(self) -> None:
+        reply = self.server.fake.reply(self.command, self.path)
+        time.sleep(reply.delay)
+        body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-        def handle_one(self) -> None:
-            reply = fake.reply(self.command, self.path)
-            time.sleep(reply.delay)
-            body = reply.body if isinstance(reply.body, bytes) else json.dumps(
-                reply.body).encode()
-            self.send_response(reply.status)
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def do_GET(self) -> None:
+        self.handle_one()
 
-        def do_GET(self) -> None:
-            self.handle_one()
+    def do_POST(self) -> None:
+        self.handle_one()
 
-        def do_POST(self) -> None:
-            self.handle_one()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+class FakeServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, fake: FakeDocker, tls: ssl.SSLContext | None) -> None:
+        super().__init__(("127.0.0.1", 0), FakeHandler)
+        self.fake = fake
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
+
+
+@contextlib.contextmanager
+def serving(fake: FakeDocker, tls: ssl.SSLContext | None = None) -> Iterator[FakeDocker]:
+    server = FakeServer(fake, tls)
     fake.server = server
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeDocker]:
+    with serving(FakeDocker({})) as running:
+        yield running
+
+
+def make_certificate(directory: Path, name: str) -> None:
+    """A self-signed certificate for 127.0.0.1 (``name``.pem and ``name``-key.pem)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", directory / f"{name}-key.pem", "-out", directory / f"{name}.pem"],
+                   check=True, capture_output=True)
 
 
 def options(**overrides: object) -> RestartOptions:
@@ -291,16 +317,48 @@ def test_unsupported_docker_host_is_an_input_error(url: str) -> None:
 
 
 def test_tls_verify_uses_the_cert_path_and_port_2376(tmp_path: Path) -> None:
-    """DOCKER_TLS_VERIFY/DOCKER_CERT_PATH turn on verified TLS with the client cert."""
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=dockgate", "-keyout", tmp_path / "key.pem",
-                    "-out", tmp_path / "cert.pem"], check=True, capture_output=True)
-    (tmp_path / "ca.pem").write_bytes((tmp_path / "cert.pem").read_bytes())
+    """DOCKER_TLS_VERIFY/DOCKER_CERT_PATH turn on verified TLS, by default on port 2376."""
+    make_certificate(tmp_path, "ca")
+    (tmp_path / "ca-key.pem").rename(tmp_path / "key.pem")
+    (tmp_path / "cert.pem").write_bytes((tmp_path / "ca.pem").read_bytes())
     endpoint = endpoint_from_env({"DOCKER_HOST": "tcp://dockgate", "DOCKER_TLS_VERIFY": "1",
                                   "DOCKER_CERT_PATH": str(tmp_path)})
     assert endpoint.port == 2376
     assert endpoint.tls is not None
     assert endpoint.tls.check_hostname
+
+
+def test_restart_over_verified_tls_reaches_the_proxy(tmp_path: Path) -> None:
+    """A TLS DOCKER_HOST works end to end: handshake, verification, the restart request."""
+    make_certificate(tmp_path, "ca")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(tmp_path / "ca.pem", tmp_path / "ca-key.pem")
+    fake = FakeDocker({("POST", "/containers/gw/restart"): [Reply(204)]})
+    with serving(fake, server_tls):
+        assert fake.server is not None
+        env = {"DOCKER_HOST": f"tcp://127.0.0.1:{fake.server.server_port}",
+               "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tmp_path)}
+        Restarter(endpoint_from_env(env), options()).run()
+    assert fake.received == ["POST /containers/gw/restart?t=3"]
+
+
+def test_tls_server_with_an_unknown_certificate_is_refused_without_retry(
+        tmp_path: Path) -> None:
+    """A proxy whose certificate the CA did not sign is a configuration error, not flakiness."""
+    make_certificate(tmp_path, "ca")
+    make_certificate(tmp_path, "other")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(tmp_path / "other.pem", tmp_path / "other-key.pem")
+    fake = FakeDocker({("POST", "/containers/gw/restart"): [Reply(204)]})
+    with serving(fake, server_tls):
+        assert fake.server is not None
+        env = {"DOCKER_HOST": f"tcp://127.0.0.1:{fake.server.server_port}",
+               "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tmp_path)}
+        sleeps: list[float] = []
+        with pytest.raises(UnreachableError, match=r"TLS with tcp://127\.0\.0\.1:\d+ failed"):
+            Restarter(endpoint_from_env(env), options(), sleep=sleeps.append).run()
+    assert sleeps == []
+    assert fake.received == []
 
 
 def test_tls_verify_without_certificates_is_an_input_error(tmp_path: Path) -> None:
@@ -321,6 +379,7 @@ def test_started_at_compares_by_time_not_text(earlier: str, later: str) -> None:
     assert started_at_key(earlier) < started_at_key(later)
 
 
+@pytest.mark.daemon
 def test_restart_over_the_daemon_unix_socket_runs_the_gateway_again(
         docker_client: docker.DockerClient, busybox_image: str) -> None:
     """Against the real daemon: a new StartedAt and State.Running before success."""
@@ -336,6 +395,7 @@ def test_restart_over_the_daemon_unix_socket_runs_the_gateway_again(
     container.remove(force=True)
 
 
+@pytest.mark.daemon
 def test_cli_reports_a_missing_gateway_with_exit_code_21() -> None:
     """Gateway missing is an error with its own exit code, never 'server available'."""
     process = subprocess.run(

@@ -8,10 +8,12 @@ networks before and after.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
 import os
+import signal
 import subprocess
 import tarfile
 import time
@@ -23,7 +25,7 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import DockgateProcess, StartDockgate, unique_name
+from conftest import BUSYBOX_IMAGE, DockgateProcess, StartDockgate, unique_name
 
 pytestmark = pytest.mark.daemon
 
@@ -57,6 +59,21 @@ def run_container(client: docker.DockerClient, image: str, name: str) -> Any:
                                  network_mode="none")
 
 
+def remove(container: Any) -> None:
+    """Remove a test container and wait until it is gone.
+
+    The session-wide cleanup of a concurrent test run (conftest removes every
+    ``dgtest-`` container) may be removing it already: that is not a failure.
+    """
+    with contextlib.suppress(docker.errors.NotFound):
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError as error:
+            if error.status_code != 409:
+                raise
+        container.wait(condition="removed", timeout=30)
+
+
 def write_policy(tmp_path: Path, text: str) -> str:
     path = tmp_path / "policy.yaml"
     path.write_text(text)
@@ -78,18 +95,17 @@ def snapshot(client: docker.DockerClient) -> dict[str, Any]:
 
     The daemon is shared with other test sessions, so only the objects these
     requests name are compared: this module's containers (state and StartedAt),
-    the busybox image and any image, volume or network named like ours, the
-    swarm state and the plugins.
+    the busybox test image, any image a denied pull or build would have tagged,
+    volumes and networks named like ours, the swarm state and the plugins.
     """
     api = client.api
     return {
         "containers": sorted((c["Id"], tuple(c["Names"]), c["State"],
                               api.inspect_container(c["Id"])["State"]["StartedAt"])
                              for c in api.containers(all=True, filters={"name": "dgtest-pol-"})),
-        "images": sorted((i["Id"], tuple(i.get("RepoTags") or ())) for i in api.images()
-                         if any(tag.startswith(("dockgate-test/busybox", "busybox",
-                                                "dgtest-pol"))
-                                for tag in i.get("RepoTags") or ())),
+        "images": (api.inspect_image(BUSYBOX_IMAGE)["Id"],
+                   sorted(tag for i in api.images() for tag in i.get("RepoTags") or ()
+                          if tag.startswith(("busybox:", "dgtest-pol")))),
         "volumes": sorted(v["Name"] for v in api.volumes().get("Volumes") or ()
                           if v["Name"].startswith("dgtest-pol")),
         "networks": sorted(n["Id"] for n in api.networks(names=["dgtest-pol-net"])),
@@ -106,7 +122,7 @@ def gw_and_other(docker_client: docker.DockerClient,
     other = run_container(docker_client, busybox_image, unique_name("pol-other"))
     yield gw, other
     for container in (gw, other):
-        container.remove(force=True)
+        remove(container)
 
 
 def tar_of(name: str, data: bytes) -> bytes:
@@ -214,7 +230,8 @@ def test_similar_names_never_match_and_a_container_renamed_to_gw_takes_over(
     gw_name = unique_name("pol-gw")
     gw = run_container(docker_client, busybox_image, gw_name)
     gw2 = run_container(docker_client, busybox_image, gw_name + "2")
-    xgw = run_container(docker_client, busybox_image, "x" + gw_name)
+    # "xgw": gw's name with a prefix (kept inside the dgtest-pol- namespace).
+    xgw = run_container(docker_client, busybox_image, "dgtest-pol-" + gw_name)
     proxy = start_dockgate(args=["--policy", write_policy(tmp_path, restart_only(gw_name))])
     try:
         for container in (gw2, xgw):
@@ -229,7 +246,7 @@ def test_similar_names_never_match_and_a_container_renamed_to_gw_takes_over(
             "container.restart of container 'dgtest-pol-nothing-here' is not granted by "
             "policy 'gw' (its container scope does not cover this container)")
 
-        gw.remove(force=True)
+        remove(gw)
         assert call(proxy, "POST", f"/containers/{gw_name}/restart?t=0").status == 403
         gw2.rename(gw_name)
         before = started_at(docker_client, gw2.id)
@@ -237,7 +254,7 @@ def test_similar_names_never_match_and_a_container_renamed_to_gw_takes_over(
         assert started_at(docker_client, gw2.id) != before
     finally:
         for container in (gw2, xgw):
-            container.remove(force=True)
+            remove(container)
 
 
 def test_an_ambiguous_id_prefix_is_denied_like_an_out_of_scope_container(
@@ -264,7 +281,7 @@ def test_an_ambiguous_id_prefix_is_denied_like_an_out_of_scope_container(
             "not cover this container)")
     finally:
         for container in created:
-            container.remove(force=True)
+            remove(container)
 
 
 def test_a_scoped_list_and_event_stream_show_only_the_containers_in_scope(
@@ -319,3 +336,81 @@ def test_the_environment_grant_serves_docker_py_and_inspect_needs_its_own_variab
         client.containers.get(other.name)
     assert caught.value.status_code == 403
     client.close()
+
+
+def test_create_constraints_and_start_bodies_are_enforced_through_the_proxy(
+        docker_client: docker.DockerClient, busybox_image: str, start_dockgate: StartDockgate,
+        tmp_path: Path) -> None:
+    """docker create with host access is refused; a clean one runs; start bodies are refused."""
+    policy_text = ("policies:\n  ci:\n    grants:\n      - allow: [system.ping, system.version]\n"
+                   "      - allow: [container.create]\n        images: [dockgate-test/*]\n"
+                   "        create: {deny: [all]}\n      - allow: [container.start]\n"
+                   "        containers: {globs: [dgtest-pol-ci-*]}\ndefault: ci\n")
+    proxy = start_dockgate(args=["--policy", write_policy(tmp_path, policy_text)])
+    env = {**os.environ, "DOCKER_HOST": proxy.docker_host}
+    name = unique_name("pol-ci")
+    base = [DOCKER_CLI, "create", "--network", "none", "--user", "1000"]
+    for extra in (["-v", "/:/host"], ["--privileged"], ["--pid", "host"],
+                  ["--cap-add", "SYS_ADMIN"], ["--security-opt", "seccomp=unconfined"]):
+        cli = subprocess.run([*base, "--name", f"{name}-bad", *extra, busybox_image, "true"],
+                             env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert cli.returncode != 0, extra
+        assert "container.create: the create body asks for" in cli.stderr, cli.stderr
+    root = subprocess.run([DOCKER_CLI, "create", "--network", "none", "--name", f"{name}-root",
+                           busybox_image, "true"], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert "running as root" in root.stderr
+    cli = subprocess.run([*base, "--name", name, busybox_image, "sleep", "600"], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert cli.returncode == 0, cli.stderr
+    try:
+        configured = call(proxy, "POST", f"/v1.23/containers/{name}/start",
+                          b'{"Binds": ["/:/host"], "Privileged": true}',
+                          {"Content-Type": "application/json"})
+        assert configured.status == 403
+        assert docker_client.api.inspect_container(name)["State"]["Status"] == "created"
+        start = subprocess.run([DOCKER_CLI, "start", name], env=env, capture_output=True,
+                               text=True, timeout=60, check=False)
+        assert start.returncode == 0, start.stderr
+        state = docker_client.api.inspect_container(name)
+        assert state["State"]["Running"]
+        assert state["HostConfig"]["Binds"] is None
+        assert state["HostConfig"]["Privileged"] is False
+        assert docker_client.containers.list(all=True, filters={"name": f"{name}-"}) == []
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.api.remove_container(name, force=True)
+
+
+def wait_for_status(proxy: DockgateProcess, target: str, status: int) -> int:
+    """Poll a restart through the proxy until it answers ``status`` (a reload is async)."""
+    deadline = time.monotonic() + 10
+    while True:
+        got = call(proxy, "POST", target).status
+        if got == status or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def test_sighup_reloads_the_policy_file_and_an_invalid_file_keeps_the_old_policy(
+        start_dockgate: StartDockgate, gw_and_other: tuple[Any, Any], tmp_path: Path) -> None:
+    """Reloading re-reads the same file; a broken edit must not open or close anything."""
+    gw, other = gw_and_other
+    path = write_policy(tmp_path, restart_only(gw.name))
+    proxy = start_dockgate(args=["--policy", path])
+    assert call(proxy, "POST", f"/containers/{other.name}/restart?t=0").status == 403
+
+    Path(path).write_text(restart_only(other.name))
+    proxy.process.send_signal(signal.SIGHUP)
+    assert wait_for_status(proxy, f"/containers/{other.name}/restart?t=0", 204) == 204
+    assert call(proxy, "POST", f"/containers/{gw.name}/restart?t=0").status == 403
+
+    Path(path).write_text(restart_only(gw.name).replace("container.restart",
+                                                        "container.restat"))
+    proxy.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "container.restat" not in proxy.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert f"{path}:5: unknown operation 'container.restat'" in proxy.log()
+    assert call(proxy, "POST", f"/containers/{other.name}/restart?t=0").status == 204
+    assert call(proxy, "POST", f"/containers/{gw.name}/restart?t=0").status == 403

@@ -20,6 +20,7 @@ probes can reach (those names), so other tests sharing the daemon cannot disturb
 
 from __future__ import annotations
 
+import difflib
 import http.client
 import io
 import json
@@ -37,6 +38,8 @@ import docker
 import pytest
 
 from conftest import DOCKER_SOCKET, free_port, wait_for_port
+
+pytestmark = pytest.mark.daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "seed-validation.md"
@@ -173,10 +176,21 @@ def make_targets(client: docker.DockerClient, tmp_path: Path, index: int) -> Tar
     return Targets(prefix, names["gateway"], names["victim"], doomed, exec_id, host_dir, tag)
 
 
+def discard(container: Any) -> None:
+    """Remove a test container; a concurrent session's dgtest- cleanup may have got there first."""
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as error:
+        if error.status_code != 409:  # "removal ... is already in progress"
+            raise
+
+
 def remove_targets(client: docker.DockerClient, targets: Targets) -> None:
     """Remove everything this run's names could have produced (cleanup, not measured)."""
     for container in client.containers.list(all=True, filters={"name": targets.prefix}):
-        container.remove(force=True)
+        discard(container)
     for volume in client.volumes.list(filters={"name": targets.prefix}):
         volume.remove(force=True)
     for network in client.networks.list(names=[f"{targets.prefix}net"]):
@@ -353,4 +367,6 @@ def test_validation_table_in_the_docs_is_the_generated_one(runs: dict[str, Run])
     if os.environ.get("DOCKGATE_REGENERATE") == "1":
         DOC.write_text(expected)
         text = DOC.read_text()
-    assert text == expected, "docs/seed-validation.md is stale: rerun with DOCKGATE_REGENERATE=1"
+    changes = "\n".join(difflib.unified_diff(text.splitlines(), expected.splitlines(),
+                                             "docs/seed-validation.md", "generated", lineterm=""))
+    assert text == expected, f"stale, rerun with DOCKGATE_REGENERATE=1:\n{changes}"

@@ -258,6 +258,37 @@ def test_slow_client_pauses_the_daemon_instead_of_buffering(fake: FakeDaemon) ->
     assert total >= size
 
 
+def test_slow_daemon_pauses_the_uploading_client_instead_of_buffering(fake: FakeDaemon) -> None:
+    """A fast client and a slow daemon: the proxy holds about its buffer limits, not the body."""
+    size = 48 << 20
+    fake.read_delay = 0.002
+    fake.on("POST", "/images/load", answer_json({}))
+    with run_proxy(f"unix://{fake.path}") as proxy, connect(proxy.port, timeout=120) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.sendall(b"POST /images/load HTTP/1.1\r\nHost: d\r\nContent-Length: %d\r\n\r\n"
+                     % size)
+        sender = threading.Thread(target=sock.sendall, args=(b"z" * size,))
+        sender.start()
+
+        def held() -> int:
+            total = 0
+            for conn in proxy.proxy.connections:
+                total += conn.reader.buffered
+                if conn.upstream is not None and conn.upstream.transport is not None:
+                    total += conn.upstream.transport.get_write_buffer_size()
+            return total
+
+        peak = 0
+        while sender.is_alive():
+            peak = max(peak, proxy.call(held))
+            time.sleep(0.05)
+        sender.join()
+        reply, = read_replies(sock, [("POST", "/images/load")])
+    assert reply.status == 200
+    assert len(fake.requests[0].body) == size
+    assert peak < 6 << 20
+
+
 def test_header_timeout_answers_408_and_closes(fake: FakeDaemon) -> None:
     """A client trickling a head (slowloris) is cut off after the header timeout."""
     with run_proxy(f"unix://{fake.path}", DOCKGATE_HEADER_TIMEOUT="0.3") as proxy, \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
 import shutil
@@ -25,13 +26,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from conftest import free_port, wait_for_port
+from dockgate import logs
 from dockgate.decision import AllowAll, Client, Decision, Deny, Facts, Request
 from dockgate.errors import ConfigError
 from fakedaemon import (
     FakeDaemon,
+    answer_chunks,
     answer_forever,
+    answer_hijack,
     answer_slow,
     connect,
+    is_closed,
     read_replies,
     run_proxy,
 )
@@ -69,8 +74,11 @@ def test_unix_listener_reports_peer_credentials_and_sets_the_mode(
     recorder = Recorder()
     path = sockdir / "proxy.sock"
     with run_proxy(f"unix://{fake.path}", recorder, listen=f"unix://{path}",
-                   DOCKGATE_SOCKET_MODE="600"):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+                   DOCKGATE_SOCKET_MODE="640", DOCKGATE_SOCKET_OWNER=str(os.getuid()),
+                   DOCKGATE_SOCKET_GROUP="65534"):
+        info = path.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o640
+        assert (info.st_uid, info.st_gid) == (os.getuid(), 65534)
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(10)
             sock.connect(str(path))
@@ -211,17 +219,18 @@ def test_sigterm_lets_a_plain_request_finish_then_exits_zero(fake: FakeDaemon) -
     assert "shutting down" in log
 
 
-def test_sigterm_closes_streams_after_the_grace_period(fake: FakeDaemon) -> None:
-    """An endless stream (events) does not keep the proxy alive past the grace."""
+def test_sigterm_does_not_wait_for_endless_streams(fake: FakeDaemon) -> None:
+    """An endless stream (events) is not an in-flight request: it is closed at once."""
     fake.on("GET", "/events", answer_forever())
-    process, port = serve(fake, "--shutdown-grace", "0.5")
+    process, port = serve(fake)
     with process, connect(port) as sock:
         sock.sendall(b"GET /events HTTP/1.1\r\nHost: d\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 5  # the grace is 10 s by default
+        assert is_closed(sock)
         assert process.stderr is not None
         process.stderr.read()
 
@@ -269,3 +278,28 @@ def test_metrics_count_requests_by_operation_decision_and_status(fake: FakeDaemo
     assert ('dockgate_requests_total{decision="allow",operation="system.ping",status="200"} 1.0'
             in text)
     assert "dockgate_active_connections" in text
+
+
+def test_streams_and_hijacked_sessions_get_open_and_close_records(fake: FakeDaemon) -> None:
+    """Long-lived exchanges are visible in the audit trail when they start, not only at the end."""
+    fake.on("GET", "/events", answer_chunks([b'{"a":1}\n']))
+    fake.on("POST", "/containers/c1/attach", answer_hijack())
+    lines = io.StringIO()
+    logs.audit_to(logs.AuditWriter(lines))
+    try:
+        with run_proxy(f"unix://{fake.path}") as proxy, connect(proxy.port) as sock:
+            sock.sendall(b"GET /events HTTP/1.1\r\nHost: d\r\n\r\n")
+            read_replies(sock, [("GET", "/events")])
+            sock.sendall(b"POST /containers/c1/attach?stdin=1 HTTP/1.1\r\nHost: d\r\n"
+                         b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 101")
+            sock.shutdown(socket.SHUT_WR)
+            assert is_closed(sock)
+    finally:
+        logs.audit_to(None)
+    events = [(r["event"], r.get("target")) for r in map(json.loads, lines.getvalue().splitlines())]
+    assert events == [
+        ("stream.open", "/events"), ("stream.close", "/events"), ("request", "/events"),
+        ("session.open", "/containers/c1/attach?stdin=1"),
+        ("session.close", "/containers/c1/attach?stdin=1"),
+        ("request", "/containers/c1/attach?stdin=1")]

@@ -6,7 +6,9 @@ judges it, or refuses to judge it:
 
 - field names match case-insensitively (``hostconfig`` is ``HostConfig``; Go's
   folding also maps the long s U+017F to ``s`` and the Kelvin sign U+212A to ``k``:
-  ``casefold`` covers both), and the last duplicate wins whatever its case;
+  ``casefold`` covers both), and the last duplicate wins whatever its case,
+  except that a repeated object merges into the first (Go decodes it into the
+  same struct);
 - ``null`` leaves a bool/string field as it was in Go, so a later ``null`` never
   hides an earlier value here (stricter than Go for slices, never looser);
 - ``\\uXXXX`` escapes are decoded by the JSON parser before names are compared;
@@ -51,13 +53,25 @@ def _fold(key: str) -> str:
     return key.casefold()
 
 
+def _set(target: dict[str, Any], key: str, value: Any) -> None:
+    if value is None and key in target:
+        return
+    old = target.get(key)
+    if isinstance(value, dict) and isinstance(old, dict):
+        for inner_key, inner_value in value.items():
+            _set(old, inner_key, inner_value)
+        return
+    target[key] = value
+
+
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Go decodes a repeated object field into the struct (or map) the first one
+    # already filled: {"HostConfig": {"Privileged": true}, "HostConfig": {}} is
+    # still privileged. So a repeated object merges into the first; anything
+    # else, the last wins (except null, above).
     folded: dict[str, Any] = {}
     for key, value in pairs:
-        name = _fold(key)
-        if value is None and name in folded:
-            continue
-        folded[name] = value
+        _set(folded, _fold(key), value)
     return folded
 
 
@@ -163,6 +177,12 @@ def _devices(hc: dict[str, Any]) -> str | None:
 def _security_options(hc: dict[str, Any]) -> str | None:
     if _list(hc.get("securityopt"), "HostConfig.SecurityOpt"):
         return "security options (HostConfig.SecurityOpt, e.g. seccomp=unconfined)"
+    # An explicit list replaces dockerd's defaults; [] unmasks /proc/kcore and makes
+    # /proc/sysrq-trigger writable (the CLI's --security-opt systempaths=unconfined).
+    for field in ("maskedpaths", "readonlypaths"):
+        if hc.get(field) is not None:
+            _list(hc.get(field), f"HostConfig.{field}")
+            return f"explicit /proc path masks (HostConfig.{field})"
     return None
 
 
@@ -183,6 +203,24 @@ def _root_user(doc: dict[str, Any]) -> str | None:
     numeric = _NUMERIC_USER.match(user)
     if numeric is None or int(numeric.group(1), 10) == 0:
         return f"running as root or an unverifiable user (User {user!r}; write a numeric uid)"
+    return None
+
+
+def start_problem(body: bytes) -> str | None:
+    """Why a container-start body must be refused; None when it is empty or ``{}``.
+
+    Below API 1.24 dockerd applies a HostConfig sent with start (privileged,
+    binds...), which would bypass every create constraint. Modern clients (the
+    docker CLI, docker-py, the Go SDK) send no body.
+    """
+    if not body.strip():
+        return None
+    try:
+        doc = parse(body)
+    except UnparseableError as error:
+        return f"the start body cannot be inspected: {error}"
+    if doc:
+        return "a start body with a configuration (below API 1.24 it applies a HostConfig)"
     return None
 
 

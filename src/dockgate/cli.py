@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from dockgate import __version__, settings
+from dockgate import __version__, compat, logs, policy, server, settings
 from dockgate.decision import Decider
 from dockgate.errors import ConfigError
 
@@ -40,8 +40,6 @@ examples:
 
 def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
     """The decider the settings and environment ask for (ConfigError if invalid)."""
-    from dockgate import compat, policy
-
     if config.policy:
         return policy.load_file(config.policy)
     from_env = policy.from_env(env)
@@ -54,8 +52,6 @@ def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
 
 
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from dockgate import compat, logs, server
-
     config = settings.load(args, env)
     logs.configure(config.log_level, config.log_format)
     decider = build_decider(config, env)
@@ -65,16 +61,12 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from dockgate import compat
-
     config = settings.load(args, env)
     print(compat.risk_report(env, config.compat), end="")
     return 0
 
 
 def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from dockgate import policy
-
     config = settings.load(args, env)
     decider = build_decider(config, env)
     report, allowed = policy.explain(decider, args.method, args.target, client=args.client)
@@ -83,10 +75,10 @@ def cmd_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_policy_lint(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from dockgate import policy
-
-    for problem in policy.lint_file(args.file):
+    problems = policy.lint_file(args.file)
+    for problem in problems:
         print(problem)
+    if problems:
         return 1
     print(f"{args.file}: OK")
     return 0
@@ -118,7 +110,8 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("method", metavar="METHOD", help="e.g. POST")
     check.add_argument("target", metavar="TARGET", help="e.g. /v1.41/containers/gw/restart")
     check.add_argument("--client", default=None,
-                       help="who asks: an IP address, uid=N, or cn=NAME [default: 127.0.0.1]")
+                       help="who asks, comma-separated parts: an IP address, uid=N, gid=N, "
+                       "cn=NAME, san=NAME, listener=URL [default: 127.0.0.1]")
     settings.add_arguments(check)
     check.set_defaults(handler=cmd_check)
 

@@ -581,13 +581,16 @@ class ResponseReader:
 
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     """The end-to-end fields of ``headers`` (RFC 9110 7.6.1), Connection-named ones too."""
+    kept: list[tuple[bytes, bytes, bytes]] = []
     named: set[bytes] = set()
     for name, value in headers:
-        if name.lower() == b"connection":
-            named |= _tokens(value)
-    return [(name, value) for name, value in headers
-            if (key := name.lower()) not in HOP_BY_HOP and key not in named
-            and not key.startswith(b"proxy-")]
+        key = name.lower()
+        if key in HOP_BY_HOP or key.startswith(b"proxy-"):
+            if key == b"connection":
+                named |= _tokens(value)
+            continue
+        kept.append((key, name, value))
+    return [(name, value) for key, name, value in kept if key not in named]
 
 
 def request_head(method: str, target: str, headers: Headers) -> bytes:

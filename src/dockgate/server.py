@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import pwd
+import resource
 import signal
 import socket
 import ssl
@@ -84,6 +85,31 @@ RAW_STREAM_TYPES: Final = (b"application/vnd.docker.raw-stream",
                            b"application/vnd.docker.multiplexed-stream")
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _RAW_KINDS: Final = (routes.Stream.HIJACK, routes.Stream.UPGRADE, routes.Stream.WEBSOCKET)
+
+
+_ROUTE_CACHE: dict[tuple[str, str], tuple[routes.Target, routes.Match | None]] = {}
+_ROUTE_CACHE_SIZE: Final = 4096
+_ROUTE_CACHE_TARGET: Final = 256  # longer targets are rare and would let clients fill memory
+
+
+def route(method: str, raw_target: str) -> tuple[routes.Target, routes.Match | None]:
+    """``routes.parse_target`` then ``routes.classify``, memoized.
+
+    Both are pure functions of (method, target) returning frozen values, and
+    clients repeat the same few targets (``/_ping``, ``/containers/json``, one
+    container's ``logs``), so a bounded memo saves their cost on the hot path.
+    Refused targets (BadTarget) are not cached: they raise every time.
+    """
+    key = (method, raw_target)
+    cached = _ROUTE_CACHE.get(key)
+    if cached is None:
+        target = routes.parse_target(raw_target)
+        cached = (target, routes.classify(method, target))
+        if len(raw_target) <= _ROUTE_CACHE_TARGET:
+            if len(_ROUTE_CACHE) >= _ROUTE_CACHE_SIZE:
+                _ROUTE_CACHE.clear()
+            _ROUTE_CACHE[key] = cached
+    return cached
 
 
 class _ClientGoneError(Exception):
@@ -257,7 +283,7 @@ class Proxy:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.quiet.wait(), self.settings.shutdown_grace)
         for conn in list(self.connections):
-            conn.abort()
+            conn.close()
         self.upstream.close_all()
         for listener in self.listeners:
             if listener.kind == "unix":
@@ -274,12 +300,15 @@ class ClientConnection(asyncio.Protocol):
         self.listener = listener
         self.transport: asyncio.Transport | None = None
         self.client = Client(listener.url, "tcp")
+        self.client_name = ""
         self.reader = http1.RequestReader(proxy.settings.max_header_bytes)
         self.upstream: UpstreamConnection | None = None   # the daemon side of the exchange
         self.raw = False
         self.eof = False
         self.lost = False
         self.busy_plain = False
+        self.stream_opened = False
+        self.streaming = False
         self.bytes_in = 0
         self.bytes_out = 0
         self._paused_for: set[str] = set()
@@ -298,6 +327,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=1 << 20, low=1 << 18)
         self.client = client_for(self.listener, transport)
+        self.client_name = self.client.describe()
         self.proxy.connections.add(self)
         metrics.ACTIVE_CONNECTIONS.inc()
         self._task = asyncio.get_running_loop().create_task(self._serve())
@@ -319,6 +349,12 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.eof = True
             self._wake()
+            if self.streaming:
+                # A client that stops sending while it follows an endless stream (events,
+                # logs -f) has gone away: without this its daemon connection would stay
+                # open until the next event fails to be written.
+                self.abort()
+                return False
         # Keep our write side open for the response (TLS cannot half-close).
         return self.listener.kind != "tls"
 
@@ -404,6 +440,13 @@ class ClientConnection(asyncio.Protocol):
                 and self.reader.buffered == 0 and self.upstream is None:
             self._wake()
 
+    def close(self) -> None:
+        """Shutdown: flush what is buffered for the client, then close both sides."""
+        if self.transport is not None:
+            self.transport.close()
+        if self.upstream is not None:
+            self.upstream.abort()
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
@@ -488,7 +531,7 @@ class ClientConnection(asyncio.Protocol):
         started = time.monotonic()
         self.bytes_in = head.size
         self.bytes_out = 0
-        record: dict[str, Any] = {"client": self.client.describe(), "method": head.method,
+        record: dict[str, Any] = {"client": self.client_name, "method": head.method,
                                   "target": head.target, "operation": None,
                                   "decision": "error", "rule": None}
         self.busy_plain = True
@@ -497,6 +540,11 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self.busy_plain = False
             self.proxy.check_quiet()
+        if self.stream_opened:
+            self.stream_opened = False
+            logs.audit("stream.close", client=record["client"], target=record["target"],
+                       status=status, bytes_out=self.bytes_out,
+                       duration_ms=round((time.monotonic() - started) * 1000, 3))
         record["status"] = status
         record["bytes_in"] = self.bytes_in
         record["bytes_out"] = self.bytes_out
@@ -508,12 +556,11 @@ class ClientConnection(asyncio.Protocol):
     async def _decide_and_forward(self, head: http1.RequestHead,
                                   record: dict[str, Any]) -> tuple[bool, int]:
         try:
-            target = routes.parse_target(head.target)
+            target, match = route(head.method, head.target)
         except HTTPError as error:
             record["reason"] = error.message
             return self._answer_error(error.status, f"dockgate: {error.message}", head,
                                       close=True), error.status
-        match = routes.classify(head.method, target)
         request = Request(head.method, target, match)
         record["operation"] = match.operation if match is not None else None
         facts = NO_FACTS
@@ -646,7 +693,11 @@ class ClientConnection(asyncio.Protocol):
                                                   head, close=True), error.status
                     self.abort()
                     return False, 400 if isinstance(error, ProtocolError) else 499
+            self.streaming = stream == routes.Stream.STREAM
+            if self.streaming and self.eof:
+                self.abort()  # see eof_received: the follower already left
             outcome = await exchange.done
+            self.streaming = False
             if outcome == "lost" and attempt == 0 and conn.reused and not conn.got_response \
                     and (not head.has_body or body is not None):
                 continue  # the daemon had closed this pooled connection: one fresh try
@@ -703,10 +754,13 @@ class ClientConnection(asyncio.Protocol):
         rest = self.reader.take_rest()
         if rest:
             conn.write(rest)
-        if self.eof:
+        # Either side may have ended between the daemon's switch and now.
+        if self.eof and "client" not in self._raw_eofs:
             self._raw_eof("client")
-        if conn.closed:
+        if conn.closed or self.lost:
             self.raw_lost()
+        elif len(self._raw_eofs) == 2:
+            self._raw_done.set_result(None)
         self._resume("buffer")
         await self._raw_done
         conn.close()
@@ -737,7 +791,7 @@ class ClientConnection(asyncio.Protocol):
         """Answer a request that could not be framed, close, and audit it."""
         message = f"dockgate: {why}"
         self._answer_error(status, message, None, close=True)
-        logs.audit("request", client=self.client.describe(), method=None, target=None,
+        logs.audit("request", client=self.client_name, method=None, target=None,
                    operation=None, decision="error", rule=None, reason=message,
                    status=status, bytes_in=self.reader.buffered, bytes_out=self.bytes_out,
                    duration_ms=0.0)
@@ -884,7 +938,11 @@ class Exchange:
             return
         self.started = True
         if self.stream == routes.Stream.STREAM:
-            logs.audit("stream.open", client=self.client.client.describe(),
+            # A long-lived stream is not an in-flight request that shutdown waits for.
+            self.client.busy_plain = False
+            self.client.proxy.check_quiet()
+            self.client.stream_opened = True
+            logs.audit("stream.open", client=self.client.client_name,
                        method=request.method, target=request.target, status=status)
         self.out.append(http1.response_head(status, headers, response.reason))
 
@@ -986,8 +1044,22 @@ async def serve(settings: Settings, decider: Decider,
     return 0
 
 
+def raise_fd_limit() -> None:
+    """Lift the soft open-files limit to the hard one.
+
+    Every proxied client costs two descriptors (client and daemon side); the
+    usual soft limit of 1024 would refuse connections long before the proxy is busy.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def run(settings: Settings, decider: Decider,
         reload: Callable[[], Decider] | None = None) -> int:
     """``dockgate serve``: the event loop is uvloop."""
+    raise_fd_limit()
     result: int = uvloop.run(serve(settings, decider, reload))
     return result

@@ -124,8 +124,10 @@ TABLE: tuple[Setting, ...] = (
     Setting("socket_group", "DOCKGATE_SOCKET_GROUP", "--socket-group", _text, None,
             "group (name or gid) of unix listener sockets", "GROUP"),
     Setting("policy", "DOCKGATE_POLICY", "--policy", _text, None,
-            "YAML policy file; without it the Tecnativa variables (CONTAINERS, POST, "
-            "ALLOW_RESTARTS...) decide", "FILE"),
+            "YAML policy file, or preset:NAME for a shipped preset (restart-only, "
+            "monitoring, dozzle, traefik, watchtower); without it ALLOW_RESTART_CONTAINERS, "
+            "else the Tecnativa variables (CONTAINERS, POST, ALLOW_RESTARTS...) decide",
+            "FILE"),
     Setting("compat", "DOCKGATE_COMPAT", "--compat", _compat, "tecnativa",
             "which proxy's variables to honour without a policy file: tecnativa or "
             "linuxserver", "NAME"),
@@ -203,10 +205,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (flag, else environment variable, else default)")
     for setting in TABLE:
         default = "" if setting.default is None else f" [default: {_show(setting)}]"
-        extra = {"action": "append"} if setting.name == "listen" else {}
+        # --listen may be repeated; every other flag is given once.
+        action = "append" if setting.name == "listen" else "store"
         group.add_argument(setting.flag, dest=setting.name, metavar=setting.metavar,
-                           default=None, help=f"{setting.help} (env {setting.env}){default}",
-                           **extra)
+                           action=action, default=None,
+                           help=f"{setting.help} (env {setting.env}){default}")
 
 
 def _show(setting: Setting) -> str:

@@ -98,12 +98,19 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_lost(error)
             return
         raw: list[bytes | memoryview] = []
-        for event in events:
-            if self.raw_peer is None:
-                sink.on_event(event)
-            elif isinstance(event, http1.Data):
-                raw.append(event.data)  # a raw 200 stream: body bytes are the session's
-        sink.flush()
+        try:
+            for event in events:
+                if self.raw_peer is None:
+                    sink.on_event(event)
+                elif isinstance(event, http1.Data):
+                    raw.append(event.data)  # a raw 200 stream: body bytes are the session's
+            sink.flush()
+        except Exception:
+            # A bug (say, in a response filter) must end this exchange, not hang it.
+            log.exception("internal error relaying a response from %s", self.pool.url)
+            self.abort()
+            sink.on_lost(UpstreamError("dockgate: internal error relaying the response"))
+            return
         if self.raw_peer is not None:
             raw.append(self.reader.take_rest())
             for piece in raw:
@@ -251,10 +258,18 @@ class Upstream:
         conn = UpstreamConnection(self)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                if self.path is not None:
-                    await loop.create_unix_connection(lambda: conn, self.path)
-                else:
-                    await loop.create_connection(lambda: conn, str(self.host), self.port or 0)
+                while True:
+                    try:
+                        if self.path is not None:
+                            await loop.create_unix_connection(lambda: conn, self.path)
+                        else:
+                            await loop.create_connection(lambda: conn, str(self.host),
+                                                         self.port or 0)
+                        break
+                    except BlockingIOError:
+                        # EAGAIN: the daemon's unix socket backlog is full during a burst
+                        # of new connections; it drains in moments.
+                        await asyncio.sleep(0.01)
         except TimeoutError:
             raise UpstreamError(self.unreachable_message(
                 f"no connection after {self.connect_timeout}s")) from None
@@ -317,6 +332,10 @@ class Upstream:
         """Resolve a container reference the way the daemon does; None when unknown."""
         status, data = await self.get_json(f"/containers/{quote(ref, safe='')}/json")
         if status == 404:
+            return None
+        message = str(data.get("message", "")) if isinstance(data, dict) else ""
+        if status in (400, 500) and "multiple ids found" in message.lower():
+            # An ambiguous ID prefix (500 on Engine 20.10, 400 later) names no one container.
             return None
         if status != 200 or not isinstance(data, dict):
             raise UpstreamError(f"dockgate: the daemon answered {status} when asked about "

@@ -196,7 +196,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO,
             raise InputError("--token-file is empty")
     server = HookServer(parse_listen(args.listen), Relay(relay_config(args, env)),
                         max_body=args.max_body, token=token)
-    log.warning("listening on http://%s:%d/events", *server.server_address[:2])
+    log.info("listening on http://%s:%d/events", *server.server_address[:2])
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -213,7 +213,9 @@ def emit(stdout: TextIO, document: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    # A hook server logs every event; the one-shot commands only warnings unless -v.
+    verbose = args.verbose or args.command == "serve-hook"
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="dockgate-mcp-relay: %(message)s", stream=sys.stderr)
     try:
         return run(args, os.environ, sys.stdin, sys.stdout)

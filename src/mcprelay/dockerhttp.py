@@ -154,8 +154,9 @@ def send(endpoint: Endpoint, method: str, path: str, timeout: float) -> Response
         if connection.sock is not None:
             connection.sock.settimeout(timeout)
         try:
-            connection.request(method, path, headers={"Content-Length": "0"}
-                               if method == "POST" else {})
+            # A POST without a body still says so (some proxies require a length).
+            headers = {"Content-Length": "0"} if method == "POST" else {}
+            connection.request(method, path, headers=headers)
             answer = connection.getresponse()
             body = answer.read(MAX_RESPONSE_BYTES)
         except TimeoutError:

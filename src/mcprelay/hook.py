@@ -9,8 +9,8 @@
 
 Every error answer is ``{"error": <class>, "message": <text>}``. Bodies are
 bounded (``--max-body``) and read only after Content-Length was checked; a
-client gets ``HEADER_TIMEOUT`` seconds per socket read, so a slow client cannot
-hold the relay's lock (events are handled one at a time).
+client gets ``READ_TIMEOUT`` seconds per socket read, and the relay's lock
+(events are handled one at a time) is taken only once the whole body is in.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mcprelay.relay import Relay
 log = logging.getLogger("mcprelay")
 
 DEFAULT_MAX_BODY = 64 * 1024  # an event is a few hundred bytes; secrets are capped at 8 KB
-HEADER_TIMEOUT = 10.0
+READ_TIMEOUT = 10.0
 
 
 class HookServer(ThreadingHTTPServer):
@@ -55,7 +55,7 @@ def status_for(error: RelayError) -> int:
 
 class HookHandler(BaseHTTPRequestHandler):
     server: HookServer
-    timeout = HEADER_TIMEOUT
+    timeout = READ_TIMEOUT
     protocol_version = "HTTP/1.1"
     server_version = "dockgate-mcp-relay"
     sys_version = ""

@@ -133,7 +133,8 @@ class Restarter:
                 counted: bool = False) -> Response:
         """Send with bounded retries and exponential backoff on transient failures."""
         retries = self.options.retries
-        for attempt in range(retries + 1):
+        attempt = 0
+        while True:
             if counted:
                 self.attempts += 1
             try:
@@ -143,18 +144,20 @@ class Restarter:
                                       f"{self.endpoint.url}: {response.message()}",
                                       transient=True, status=response.status)
             except DockerError as error:
-                if not error.transient or attempt == retries:
-                    if error.transient and retries:
-                        raise type(error)(f"{error} (gave up after {attempt + 1} attempts)",
-                                          status=error.status) from None
+                if not error.transient:
                     raise
+                if attempt == retries:
+                    if not retries:
+                        raise
+                    raise type(error)(f"{error} (gave up after {attempt + 1} attempts)",
+                                      status=error.status) from None
                 delay = min(self.options.backoff * 2 ** attempt, MAX_BACKOFF)
                 log.warning("%s; retrying in %.1fs (%d of %d)", error, delay, attempt + 1,
                             retries)
                 self.sleep(delay)
+                attempt += 1
             else:
                 return response
-        raise AssertionError("unreachable: the loop returns or raises")
 
     def check(self, response: Response, action: str, *, hint: bool = False) -> None:
         """Raise the error class the status means (2xx passes)."""
@@ -164,16 +167,15 @@ class Restarter:
         name = self.options.gateway
         message = response.message()
         if status == 403:
-            # dockgate answers 403 for an unknown container too (so that a client
-            # cannot probe which containers exist): name both possible causes.
-            extra = (f" (check that container {name} exists; readiness 'inspect' needs "
-                     "container.inspect on it: grant it, or use --readiness none with "
-                     "--health-url)") if hint else f" (check that container {name} exists)"
+            # dockgate answers 404 for a missing container its policy names, but 403
+            # for one outside the policy, existing or not: the grant is what to fix.
+            extra = (" (readiness 'inspect' needs container.inspect on it: grant it, or "
+                     "use --readiness none with --health-url)") if hint else ""
             raise DeniedError(f"the proxy at {self.endpoint.url} denied {action} of {name}: "
                               f"{message}{extra}", status=status)
         if status == 404:
-            raise GatewayMissingError(f"gateway container {name} not found ({action}): {message}",
-                                 status=status)
+            raise GatewayMissingError(f"gateway container {name} not found ({action}): "
+                                      f"{message}", status=status)
         raise DaemonError(f"{action} of {name} failed: {status} {message}", status=status)
 
     def inspect(self, *, hint: bool = False) -> dict[str, Any]:

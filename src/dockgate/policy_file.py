@@ -1,0 +1,296 @@
+"""Compiling a YAML policy document into a PolicyDecider (pure).
+
+Every check here raises ``ConfigError("FILE:LINE: what is wrong; what to write
+instead")`` at the node that is wrong; what is valid but suspicious (a policy
+nothing uses, an unconstrained create, a glob a scope had to trim) becomes a
+warning that ``dockgate policy lint`` prints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from fnmatch import fnmatchcase
+from typing import Any
+
+import yaml
+
+from dockgate import bodies
+from dockgate.policy_decider import (
+    CREATE_OPERATION,
+    Grant,
+    Operations,
+    Policy,
+    PolicyDecider,
+    operations,
+)
+from dockgate.policy_match import (
+    BOOL_PARAMS,
+    CONTAINER_NAME,
+    GLOB_CHARS,
+    SIGNAL_NAMES,
+    ClientRule,
+    ContainerScope,
+    QueryRule,
+    normalize_pattern,
+    normalize_query_value,
+)
+from dockgate.policy_yaml import Source, compose, integer, mapping, sequence, suggest, text, texts
+
+_TOP_KEYS = ("version", "policies", "clients", "listeners", "default")
+_POLICY_KEYS = ("description", "grants")
+_GRANT_KEYS = ("allow", "containers", "images", "query", "create")
+_CONTAINER_KEYS = ("names", "globs", "labels")
+_CREATE_KEYS = ("deny",)
+_CLIENT_KEYS = ("name", "policy", "address", "uid", "gid", "cert_cn", "cert_san", "listener")
+
+
+class _Compiler:
+    def __init__(self, source: Source, ops: Operations) -> None:
+        self.source = source
+        self.ops = ops
+        self.warnings: list[str] = []
+
+    def at(self, node: yaml.Node) -> str:
+        return f"{self.source.label}:{node.start_mark.line + 1}"
+
+    def document(self, root: yaml.MappingNode) -> PolicyDecider:
+        parts = {key: (key_node, value) for key, key_node, value
+                 in mapping(root, self.source, "the policy file", _TOP_KEYS)}
+        if "version" in parts and text(parts["version"][1], self.source, "version") != "1":
+            raise self.source.error(parts["version"][1], "only 'version: 1' exists; write "
+                                    "version: 1")
+        if "policies" not in parts:
+            raise self.source.error(root, "no 'policies:' section; name at least one policy "
+                                    "(see docs/policies.md)")
+        policies, policy_lines = self.policies(parts["policies"][1])
+        used: set[str] = set()
+        clients: list[ClientRule] = []
+        if "clients" in parts:
+            for item in sequence(parts["clients"][1], self.source, "clients"):
+                rule = self.client(item, policies)
+                clients.append(rule)
+                used.add(rule.policy)
+        listeners: dict[str, str] = {}
+        if "listeners" in parts:
+            for url, key_node, value in mapping(parts["listeners"][1], self.source,
+                                                "listeners"):
+                if not url.startswith(("tcp://", "tls://", "unix://")):
+                    raise self.source.error(key_node, f"listener {url!r} must be a URL as "
+                                            "given to --listen: tcp://HOST:PORT, tls://... or "
+                                            "unix:///PATH")
+                listeners[url] = self.policy_ref(value, policies, f"listeners {url}")
+                used.add(listeners[url])
+        default = None
+        if "default" in parts:
+            default = self.policy_ref(parts["default"][1], policies, "default")
+            used.add(default)
+        for name, line in policy_lines.items():
+            if name not in used:
+                self.warnings.append(f"{self.source.label}:{line}: policy {name!r} is bound "
+                                     "to no client, listener or default; nothing uses it")
+        return PolicyDecider(self.source.label, self.ops, policies, clients=tuple(clients),
+                             listeners=listeners, default=default,
+                             warnings=tuple(self.warnings))
+
+    def policy_ref(self, node: yaml.Node, policies: Mapping[str, Policy], what: str) -> str:
+        name = text(node, self.source, what)
+        if name not in policies:
+            raise self.source.error(node, f"{what} names no policy {name!r}"
+                                    f"{suggest(name, policies)}; defined: "
+                                    f"{', '.join(sorted(policies))}")
+        return name
+
+    def policies(self, node: yaml.Node) -> tuple[dict[str, Policy], dict[str, int]]:
+        policies: dict[str, Policy] = {}
+        lines: dict[str, int] = {}
+        for name, key_node, body in mapping(node, self.source, "policies"):
+            grants: list[Grant] = []
+            for key, _key_node, value in mapping(body, self.source, f"policy {name!r}",
+                                                 _POLICY_KEYS):
+                if key == "description":
+                    text(value, self.source, "description")
+                else:
+                    items = sequence(value, self.source, f"policy {name!r} grants")
+                    grants = [self.grant(name, number, item)
+                              for number, item in enumerate(items, start=1)]
+            if not grants:
+                raise self.source.error(key_node, f"policy {name!r} has no grants; list them "
+                                        "under grants: (a policy that allows nothing needs no "
+                                        "definition: unbound clients get nothing)")
+            policies[name] = Policy(name, grants)
+            lines[name] = key_node.start_mark.line + 1
+        if not policies:
+            raise self.source.error(node, "policies: is empty; define at least one policy")
+        return policies, lines
+
+    def grant(self, policy: str, number: int, node: yaml.Node) -> Grant:
+        parts = {key: (key_node, value) for key, key_node, value
+                 in mapping(node, self.source, f"policy {policy!r} grant {number}", _GRANT_KEYS)}
+        if "allow" not in parts:
+            raise self.source.error(node, f"policy {policy!r} grant {number} has no 'allow:' "
+                                    "list of operations, e.g. allow: [container.restart]")
+        explicit, from_globs = self.operation_names(parts["allow"][1])
+        where = self.at(node)
+        containers = None
+        images = None
+        if "containers" in parts and "images" in parts:
+            raise self.source.error(parts["images"][0], "a grant is scoped by containers: or "
+                                    "by images:, not both; split it into two grants")
+        if "containers" in parts:
+            containers = self.container_scope(parts["containers"][1])
+            explicit, from_globs = self.applicable(
+                parts["allow"][1], explicit, from_globs=from_globs,
+                scopable=self.ops.container_scopable, scope="containers:",
+                why="names no existing container")
+        if "images" in parts:
+            images = tuple(normalize_pattern(p) for p, _ in
+                           texts(parts["images"][1], self.source, "images"))
+            explicit, from_globs = self.applicable(
+                parts["allow"][1], explicit, from_globs=from_globs,
+                scopable=self.ops.image_scopable, scope="images:", why="names no image")
+        query = self.query(parts["query"][1]) if "query" in parts else ()
+        create_deny = None
+        if "create" in parts:
+            create_deny = self.create(parts["create"][1])
+            if CREATE_OPERATION not in {op for op, _ in explicit} | from_globs:
+                raise self.source.error(parts["create"][0], "create: constrains "
+                                        "container.create, which this grant does not allow; "
+                                        "add it to allow: or remove create:")
+        operations_ = frozenset({op for op, _ in explicit} | from_globs)
+        if CREATE_OPERATION in operations_ and create_deny is None and images is None:
+            self.warnings.append(f"{where}: grants container.create without create: or "
+                                 "images: constraints; that is root on the host (a bind mount "
+                                 "of / or privileged mode)")
+        return Grant(policy, number, where, operations_, containers, images, query,
+                     create_deny)
+
+    def operation_names(self, node: yaml.Node) -> tuple[list[tuple[str, yaml.Node]],
+                                                         set[str]]:
+        explicit: list[tuple[str, yaml.Node]] = []
+        from_globs: set[str] = set()
+        for name, item in texts(node, self.source, "allow"):
+            if GLOB_CHARS.intersection(name):
+                found = {op for op in self.ops.all if fnmatchcase(op, name)}
+                if not found:
+                    raise self.source.error(item, f"{name!r} matches no operation"
+                                            f"{suggest(name, self.ops.all)}")
+                from_globs |= found
+            elif name in self.ops.all:
+                explicit.append((name, item))
+            else:
+                raise self.source.error(item, f"unknown operation {name!r}"
+                                        f"{suggest(name, self.ops.all)}; operations are "
+                                        "named like container.restart (see docs/policies.md)")
+        return explicit, from_globs
+
+    def applicable(self, allow: yaml.Node, explicit: list[tuple[str, yaml.Node]], *,
+                   from_globs: set[str], scopable: frozenset[str], scope: str,
+                   why: str) -> tuple[list[tuple[str, yaml.Node]], set[str]]:
+        for name, item in explicit:
+            if name not in scopable:
+                raise self.source.error(item, f"{name} cannot be scoped by {scope} (it {why});"
+                                        " move it to a grant without that scope")
+        dropped = from_globs - scopable
+        if dropped:
+            self.warnings.append(f"{self.at(allow)}: the {scope} scope leaves out "
+                                 f"{', '.join(sorted(dropped))} (they name no object it can "
+                                 "scope); grant them separately")
+        kept = from_globs & scopable
+        if not explicit and not kept:
+            raise self.source.error(allow, f"no operation of this grant can be scoped by "
+                                    f"{scope}; grant them without it")
+        return explicit, kept
+
+    def container_scope(self, node: yaml.Node) -> ContainerScope:
+        names: set[str] = set()
+        globs: list[str] = []
+        labels: list[tuple[str, str]] = []
+        for key, _key_node, value in mapping(node, self.source, "containers",
+                                             _CONTAINER_KEYS):
+            if key == "names":
+                for name, item in texts(value, self.source, "names"):
+                    if GLOB_CHARS.intersection(name):
+                        raise self.source.error(item, f"container name {name!r} contains a "
+                                                "pattern character; names match exactly, put "
+                                                "patterns under globs:")
+                    if not CONTAINER_NAME.match(name):
+                        raise self.source.error(item, f"{name!r} is not a container name "
+                                                "(letters, digits, _ . -; no leading /)")
+                    names.add(name)
+            elif key == "globs":
+                globs.extend(glob for glob, _ in texts(value, self.source, "globs"))
+            else:
+                for label, _label_node, label_value in mapping(value, self.source, "labels"):
+                    labels.append((label, text(label_value, self.source, f"label {label}")))
+        if not (names or globs or labels):
+            raise self.source.error(node, "containers: selects nothing; give names:, globs: "
+                                    "or labels:")
+        return ContainerScope(frozenset(names), tuple(globs), tuple(labels))
+
+    def query(self, node: yaml.Node) -> tuple[QueryRule, ...]:
+        rules = []
+        for param, _key_node, value in mapping(node, self.source, "query"):
+            values = set()
+            for raw, item in texts(value, self.source, f"query {param}"):
+                normalized = normalize_query_value(param, raw)
+                if param == "signal" and normalized not in SIGNAL_NAMES:
+                    raise self.source.error(item, f"{raw!r} is not a Linux signal; write a "
+                                            "name such as HUP or SIGTERM, or a number")
+                if param in BOOL_PARAMS and raw.lower() not in ("true", "false", "1", "0"):
+                    raise self.source.error(item, f"{param} is a boolean parameter; write "
+                                            "true or false")
+                values.add(normalized)
+            rules.append(QueryRule(param, frozenset(values)))
+        return tuple(rules)
+
+    def create(self, node: yaml.Node) -> frozenset[str]:
+        deny: set[str] = set()
+        for _key, _key_node, value in mapping(node, self.source, "create", _CREATE_KEYS):
+            for check, item in texts(value, self.source, "deny"):
+                if check == "all":
+                    deny.update(bodies.CHECKS)
+                elif check in bodies.CHECKS:
+                    deny.add(check)
+                else:
+                    raise self.source.error(item, f"unknown create constraint {check!r}"
+                                            f"{suggest(check, bodies.CHECKS)}; known: all, "
+                                            f"{', '.join(bodies.CHECKS)}")
+        return frozenset(deny)
+
+    def client(self, node: yaml.Node, policies: Mapping[str, Policy]) -> ClientRule:
+        parts = {key: (key_node, value) for key, key_node, value
+                 in mapping(node, self.source, "a clients: entry", _CLIENT_KEYS)}
+        if "policy" not in parts:
+            raise self.source.error(node, "a clients: entry needs 'policy: NAME'")
+        policy = self.policy_ref(parts["policy"][1], policies, "policy")
+        if set(parts) <= {"policy", "name"}:
+            raise self.source.error(node, "a clients: entry needs at least one of address:, "
+                                    "uid:, gid:, cert_cn:, cert_san:, listener: (use "
+                                    "default: for everyone else)")
+        rule: dict[str, Any] = {}
+        for key, (_key_node, value) in parts.items():
+            if key in ("address",):
+                rule["networks"] = tuple(self.network(raw, item)
+                                         for raw, item in texts(value, self.source, key))
+            elif key in ("uid", "gid"):
+                values = value.value if isinstance(value, yaml.SequenceNode) else [value]
+                rule[f"{key}s"] = frozenset(integer(v, self.source, key) for v in values)
+            elif key in ("cert_cn", "cert_san", "listener"):
+                rule[f"{key}s"] = frozenset(v for v, _ in texts(value, self.source, key))
+        name = text(parts["name"][1], self.source, "name") if "name" in parts else None
+        return ClientRule(policy=policy, label=self.at(node), name=name, **rule)
+
+    def network(self, raw: str, node: yaml.Node) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        try:
+            return ipaddress.ip_network(raw, strict=True)
+        except ValueError as error:
+            raise self.source.error(node, f"{raw!r} is not an IP address or network ({error});"
+                                    " write e.g. 127.0.0.1 or 10.0.0.0/8") from None
+
+
+def compile_text(text_: str, label: str, ops: Operations | None = None) -> PolicyDecider:
+    """Compile a policy document; ConfigError ``LABEL:LINE: ...`` when it is invalid."""
+    source = Source(label)
+    return _Compiler(source, ops or operations()).document(compose(text_, source))
+
