@@ -6,6 +6,7 @@ import json
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from fakedaemon import (
     FakeConnection,
     FakeDaemon,
     Received,
+    RunningProxy,
     answer_forever,
     answer_hijack,
     answer_quiet_stream,
@@ -269,3 +271,46 @@ def test_client_leaving_a_hijacked_session_closes_the_daemon_side(fake: FakeDaem
         sock.close()
         assert wait_for(lambda: fake.open_connections == 0)
         assert wait_for(lambda: open_fds() <= before)
+
+
+def test_hijacked_session_applies_backpressure_both_ways(fake: FakeDaemon) -> None:
+    """Raw relaying pauses the faster side: neither direction buffers a whole stream."""
+    size = 32 << 20
+
+    def flood_then_drain(request: Received, conn: FakeConnection) -> bool:
+        conn.send(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+        conn.send(b"o" * size)
+        time.sleep(1.0)  # the client floods meanwhile; the proxy must pause it
+        received = 0
+        while data := conn.recv():
+            received += len(data)
+        conn.send(b"%d" % received)
+        return False
+
+    fake.on("POST", "/containers/c1/attach", flood_then_drain)
+
+    def held(proxy: RunningProxy) -> int:
+        total = 0
+        for conn in proxy.proxy.connections:
+            if conn.transport is not None:
+                total += conn.transport.get_write_buffer_size()
+            if conn.upstream is not None and conn.upstream.transport is not None:
+                total += conn.upstream.transport.get_write_buffer_size()
+        return total
+
+    with run_proxy(f"unix://{fake.path}") as proxy, connect(proxy.port, timeout=60) as sock:
+        sock.sendall(b"POST /containers/c1/attach?stdin=1 HTTP/1.1\r\nHost: d\r\n"
+                     b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+        _, rest = read_head(sock)
+        time.sleep(0.5)  # the daemon floods, the client does not read yet
+        assert proxy.call(lambda: held(proxy)) < 4 << 20
+        got = len(rest)
+        while got < size:
+            got += len(sock.recv(1 << 20))
+        sender = threading.Thread(target=sock.sendall, args=(b"i" * size,))
+        sender.start()
+        time.sleep(0.5)
+        assert proxy.call(lambda: held(proxy)) < 4 << 20
+        sender.join(60)
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_eof(sock) == b"%d" % size

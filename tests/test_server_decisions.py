@@ -237,3 +237,33 @@ def test_decider_that_never_settles_is_denied(fake: FakeDaemon) -> None:
     assert reply.status == 403
     assert all(r.target.endswith("/json") and r.target != "/containers/json"
                for r in fake.requests)
+
+
+class Broken:
+    """A decider with a bug: it raises."""
+
+    name = "broken"
+
+    def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
+        raise KeyError("bug")
+
+
+class Injecting:
+    """A decider whose rewritten target would inject a header line."""
+
+    name = "injecting"
+
+    def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
+        return Allow(rule="bad", target="/containers/x/restart HTTP/1.1\r\nX-Evil: 1\r\n")
+
+
+@pytest.mark.parametrize("decider", [Broken(), Injecting()], ids=["raises", "bad-target"])
+def test_a_faulty_decider_denies_with_500_and_forwards_nothing(
+        fake: FakeDaemon, decider: Broken | Injecting) -> None:
+    """Deny by default holds even when a decider has a bug."""
+    with run_proxy(f"unix://{fake.path}", decider) as proxy:
+        reply = send(proxy.port, b"POST /containers/gw/restart HTTP/1.1\r\nHost: d\r\n\r\n",
+                     "POST", "/")
+    assert reply.status == 500
+    assert reply.json() == {"message": "dockgate: internal error deciding this request"}
+    assert fake.received == b""

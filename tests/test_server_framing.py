@@ -149,6 +149,32 @@ def test_http10_keep_alive_is_honoured_when_the_length_is_known(fake: FakeDaemon
     assert len(fake.requests) == 2
 
 
+def test_connection_close_is_honoured_after_the_response(fake: FakeDaemon) -> None:
+    """A client asking to close gets its answer, a Connection: close, then the close."""
+    with run_proxy(f"unix://{fake.path}") as proxy, connect(proxy.port) as sock:
+        sock.sendall(b"GET /version HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n"
+                     b"GET /version HTTP/1.1\r\nHost: d\r\n\r\n")
+        reply, = read_replies(sock, [("GET", "/version")])
+        assert reply.status == 200
+        assert reply.headers["connection"] == "close"
+        assert is_closed(sock)
+    assert len(fake.requests) == 1
+
+
+def test_pipelined_request_after_a_chunked_body_is_framed_correctly(fake: FakeDaemon) -> None:
+    """The byte after a chunked body's last CRLF starts the next request, nothing else."""
+    fake.default = echo_target
+    with run_proxy(f"unix://{fake.path}") as proxy, connect(proxy.port) as sock:
+        sock.sendall(b"POST /build HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\nabc\r\n0\r\n\r\n"
+                     b"POST /images/load HTTP/1.1\r\nHost: d\r\nContent-Length: 3\r\n\r\nxyz"
+                     b"GET /version HTTP/1.1\r\nHost: d\r\n\r\n")
+        replies = read_replies(sock, [("POST", "/build"), ("POST", "/images/load"),
+                                      ("GET", "/version")])
+    assert [(r.json()["target"], r.json()["body"]) for r in replies] == [
+        ("/build", "abc"), ("/images/load", "xyz"), ("/version", "")]
+
+
 def test_head_and_bodiless_statuses_keep_the_connection_usable(fake: FakeDaemon) -> None:
     """HEAD, 204 and 304 carry no body; the next request on the connection still works."""
     fake.on("HEAD", "/_ping", answer_json("OK"))
@@ -177,6 +203,44 @@ def test_chunked_request_body_is_streamed_to_the_daemon(fake: FakeDaemon) -> Non
         reply, = read_replies(sock, [("POST", "/build")])
     assert reply.json()["body"] == "hello world"
     assert fake.requests[0].header("Transfer-Encoding") == "chunked"
+
+
+def test_bad_chunk_framing_mid_stream_never_completes_a_request_upstream(
+        fake: FakeDaemon) -> None:
+    """Once a streamed body was partly forwarded, bad framing aborts the daemon connection."""
+    with run_proxy(f"unix://{fake.path}") as proxy, connect(proxy.port) as sock:
+        sock.sendall(b"POST /build HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n")
+        deadline = time.monotonic() + 5
+        while b"hello" not in fake.received and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert b"hello" in fake.received  # forwarding had begun
+        sock.sendall(b"5\r\nworldXX0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: d\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400")
+    deadline = time.monotonic() + 5
+    while fake.open_connections and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.requests == []
+    assert b"smuggled" not in fake.received
+
+
+def test_client_leaving_mid_upload_aborts_the_daemon_side(fake: FakeDaemon) -> None:
+    """An upload cut short by the client is never completed towards the daemon."""
+    with run_proxy(f"unix://{fake.path}") as proxy:
+        with connect(proxy.port) as sock:
+            sock.sendall(b"POST /images/load HTTP/1.1\r\nHost: d\r\nContent-Length: 100\r\n\r\n"
+                         b"only-part")
+            deadline = time.monotonic() + 5
+            while b"only-part" not in fake.received and time.monotonic() < deadline:
+                time.sleep(0.02)
+        deadline = time.monotonic() + 5
+        while fake.open_connections and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fake.open_connections == 0
+    assert fake.requests == []
 
 
 def test_content_length_body_and_expect_continue(fake: FakeDaemon) -> None:

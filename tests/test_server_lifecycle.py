@@ -106,6 +106,17 @@ def test_dual_stack_listener_serves_v4_and_v6_clients(fake: FakeDaemon) -> None:
     assert [c.address for c in recorder.clients] == ["127.0.0.1", "::1"]
 
 
+def test_disable_ipv6_turns_the_any_address_into_ipv4_only(fake: FakeDaemon) -> None:
+    """DISABLE_IPV6 with tcp://[::]:PORT listens on 0.0.0.0: v4 served, v6 refused."""
+    port = free_port()
+    with run_proxy(f"unix://{fake.path}", listen=f"tcp://[::]:{port}", DISABLE_IPV6="1"):
+        with connect(port) as sock:
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+            assert read_replies(sock, [("GET", "/_ping")])[0].status == 200
+        with socket.socket(socket.AF_INET6) as sock, pytest.raises(ConnectionRefusedError):
+            sock.connect(("::1", port))
+
+
 def _cert(name: str, issuer_key: ec.EllipticCurvePrivateKey | None,
           issuer: x509.Name | None, ca: bool,
           sans: list[x509.GeneralName]) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -303,3 +314,33 @@ def test_streams_and_hijacked_sessions_get_open_and_close_records(fake: FakeDaem
         ("session.open", "/containers/c1/attach?stdin=1"),
         ("session.close", "/containers/c1/attach?stdin=1"),
         ("request", "/containers/c1/attach?stdin=1")]
+
+
+def test_sighup_reloads_and_log_level_warning_silences_the_audit_trail(
+        fake: FakeDaemon) -> None:
+    """SIGHUP reaches reload(); LOG_LEVEL=warning keeps only warnings and errors."""
+    process, port = serve(fake, LOG_LEVEL="warning")
+    with process:
+        with connect(port) as sock:
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+            assert read_replies(sock, [("GET", "/_ping")])[0].status == 200
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        with connect(port) as sock:
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+            assert read_replies(sock, [("GET", "/_ping")])[0].status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        assert process.stderr is not None
+        quiet = process.stderr.read().decode()
+    assert '"event"' not in quiet
+    assert "reloaded" not in quiet  # INFO
+    process, port = serve(fake, LOG_LEVEL="info")
+    with process:
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        assert process.stderr is not None
+        log = process.stderr.read().decode()
+    assert "reloaded: decisions now by" in log

@@ -54,6 +54,8 @@ def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = settings.load(args, env)
     logs.configure(config.log_level, config.log_format)
+    for warning in settings.load_warnings(env):
+        log.warning("%s", warning)
     decider = build_decider(config, env)
     if isinstance(decider, compat.TecnativaDecider):
         log.info("%s", compat.risk_report(env, config.compat, warnings=False).rstrip())

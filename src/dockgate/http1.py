@@ -361,11 +361,12 @@ class RequestReader:
         if version not in ("1.1", "1.0"):
             raise ProtocolError(f"unsupported HTTP version {version}")
         method = parser.get_method().decode("ascii")
-        target = _check_target(collector.url)
+        target = check_target(collector.url)
         return _frame(method, target, version, collector.headers, len(raw))
 
 
-def _check_target(url: bytes) -> str:
+def check_target(url: bytes) -> str:
+    """The target as text if it is origin-form printable ASCII; ProtocolError otherwise."""
     # Only origin-form ("/path?query") reaches the daemon; absolute-form and
     # authority-form would let the proxy and the daemon disagree about the path.
     if not url.startswith(b"/"):
@@ -424,6 +425,13 @@ def _frame(method: str, target: str, version: str, headers: Headers, size: int) 
 ResponseEvent = ResponseHead | Data | EndOfMessage
 
 
+class _UpstreamFramingError(UpstreamError):
+    """Bad chunked framing from the daemon (the decoder's messages name the problem)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"dockgate: the daemon sent an {message}")
+
+
 class ResponseReader:
     """Frames daemon responses, push-based; see the module docstring."""
 
@@ -468,13 +476,14 @@ class ResponseReader:
         else:
             buf = self._buf + data
         pos = 0
-        while pos < len(buf) or self._state in ("chunked",):
+        while pos < len(buf):
             state = self._state
             if state == "head":
                 end = buf.find(b"\r\n\r\n", pos)
                 if end < 0:
                     if len(buf) - pos > self.MAX_HEAD:
-                        raise UpstreamError("the daemon sent an oversized response head")
+                        raise UpstreamError("dockgate: the daemon sent an oversized "
+                                            "response head")
                     break
                 head = self._parse_head(buf[pos:end + 2])
                 pos = end + 4
@@ -505,7 +514,7 @@ class ResponseReader:
             elif state == "switched":
                 break
             else:
-                raise UpstreamError("the daemon sent bytes outside of a response")
+                raise UpstreamError("dockgate: the daemon sent bytes outside of a response")
         self._buf = buf[pos:] if pos < len(buf) else b""
         return events
 
@@ -516,7 +525,8 @@ class ResponseReader:
             return [END]
         if self._state in ("idle", "switched") and not self._buf:
             return []
-        raise UpstreamError("the daemon closed the connection in the middle of a response")
+        raise UpstreamError("dockgate: the daemon closed the connection in the middle of a "
+                            "response")
 
     def _start_body(self, head: ResponseHead) -> None:
         if head.status == 101:
@@ -527,7 +537,7 @@ class ResponseReader:
             self._state = "idle"
         elif head.chunked:
             self._state = "chunked"
-            self._chunked = _ChunkedDecoder(UpstreamError, self.MAX_HEAD)
+            self._chunked = _ChunkedDecoder(_UpstreamFramingError, self.MAX_HEAD)
         elif head.content_length is not None:
             self._state = "length"
             self._remaining = head.content_length
@@ -538,11 +548,11 @@ class ResponseReader:
         lines = raw.split(b"\r\n")
         status_line = lines[0].split(b" ", 2)
         if len(status_line) < 2 or status_line[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
-            raise UpstreamError("the daemon sent a malformed status line")
+            raise UpstreamError("dockgate: the daemon sent a malformed status line")
         try:
             status = int(status_line[1])
         except ValueError:
-            raise UpstreamError("the daemon sent a malformed status line") from None
+            raise UpstreamError("dockgate: the daemon sent a malformed status line") from None
         reason = status_line[2] if len(status_line) > 2 else b""
         version = status_line[0][5:].decode()
         headers: Headers = []
@@ -552,19 +562,20 @@ class ResponseReader:
         for line in lines[1:-1]:
             name, sep, value = line.partition(b":")
             if not sep or not name or name != name.strip():
-                raise UpstreamError("the daemon sent a malformed header")
+                raise UpstreamError("dockgate: the daemon sent a malformed header")
             value = value.strip()
             headers.append((name, value))
             key = name.lower()
             if key == b"content-length":
                 if not _DIGITS.fullmatch(value) or (
                         content_length is not None and content_length != int(value)):
-                    raise UpstreamError("the daemon sent an invalid Content-Length")
+                    raise UpstreamError("dockgate: the daemon sent an invalid Content-Length")
                 content_length = int(value)
             elif key == b"transfer-encoding":
                 chunked = value.lower().split(b",")[-1].strip() == b"chunked"
                 if not chunked:
-                    raise UpstreamError("the daemon sent an unsupported Transfer-Encoding")
+                    raise UpstreamError("dockgate: the daemon sent an unsupported "
+                                        "Transfer-Encoding")
             elif key == b"connection":
                 connection |= _tokens(value)
         if chunked:

@@ -7,6 +7,8 @@ client input), and a gauge of open client connections.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 
 from dockgate.errors import ConfigError
@@ -17,8 +19,16 @@ ACTIVE_CONNECTIONS = Gauge("dockgate_active_connections", "Open client connectio
                            registry=REGISTRY)
 
 
+# labels() costs a lock and a tuple per call; the label sets are few, so keep the children.
+_children: dict[tuple[str, str, int], Any] = {}
+
+
 def count_request(operation: str, decision: str, status: int) -> None:
-    REQUESTS.labels(operation, decision, str(status)).inc()
+    key = (operation, decision, status)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = REQUESTS.labels(operation, decision, str(status))
+    child.inc()
 
 
 def serve(listen: str) -> None:

@@ -59,6 +59,7 @@ from dockgate.decision import (
     Allow,
     Client,
     Decider,
+    Decision,
     Deny,
     Facts,
     NeedFacts,
@@ -110,6 +111,14 @@ def route(method: str, raw_target: str) -> tuple[routes.Target, routes.Match | N
                 _ROUTE_CACHE.clear()
             _ROUTE_CACHE[key] = cached
     return cached
+
+
+def _valid_target(target: str) -> bool:
+    try:
+        http1.check_target(target.encode())
+    except ProtocolError:
+        return False
+    return True
 
 
 class _ClientGoneError(Exception):
@@ -568,7 +577,7 @@ class ClientConnection(asyncio.Protocol):
         decider = self.proxy.decider
         try:
             for _ in range(MAX_DECIDE_ROUNDS):
-                decision = decider.decide(self.client, request, facts)
+                decision = self._decide(decider, request, facts)
                 if not isinstance(decision, NeedFacts):
                     break
                 containers = dict(facts.containers)
@@ -595,8 +604,25 @@ class ClientConnection(asyncio.Protocol):
             return self._answer_error(decision.status, decision.message, head,
                                       close=unread_body), decision.status
         record["decision"] = "allow"
+        if decision.target is not None and not _valid_target(decision.target):
+            # Deciders are ours, but a rewritten target is a header line: never trust it blind.
+            log.error("decider %s returned an invalid target %r", decider.name,
+                      decision.target)
+            record["decision"] = "error"
+            return self._answer_error(500, "dockgate: internal error deciding this "
+                                      "request", head, close=True), 500
         stream = match.route.stream if match is not None else routes.Stream.PLAIN
         return await self._forward(head, decision, stream, body, record)
+
+    def _decide(self, decider: Decider, request: Request, facts: Facts) -> Decision:
+        """Ask the decider; a failing decider denies (500), it never lets a request through."""
+        try:
+            return decider.decide(self.client, request, facts)
+        except Exception:
+            log.exception("decider %s failed on %s %s", decider.name, request.method,
+                          request.target.raw)
+            return Deny("dockgate: internal error deciding this request", status=500,
+                        rule="decider-error")
 
     async def _read_whole_body(self, head: http1.RequestHead) -> bytes:
         limit = self.proxy.settings.max_inspect_bytes

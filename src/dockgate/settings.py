@@ -78,13 +78,14 @@ def _compat(value: str) -> str:
 
 
 def _yes_no(value: str) -> bool:
-    # DISABLE_IPV6 as Tecnativa's start script reads it: 1, true or yes.
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes"):
-        return True
-    if lowered in ("", "0", "false", "no"):
-        return False
-    raise ValueError("must be 1/true/yes or 0/false/no")
+    # DISABLE_IPV6 as Tecnativa's start script reads it: 1, true or yes; anything
+    # else is "off" there, so a drop-in must not refuse to start on it
+    # (load_warnings names such values instead).
+    return value.strip().lower() in TRUE_WORDS
+
+
+TRUE_WORDS = ("1", "true", "yes")
+FALSE_WORDS = ("", "0", "false", "no")
 
 
 def _listen_list(value: str) -> tuple[str, ...]:
@@ -158,6 +159,9 @@ TABLE: tuple[Setting, ...] = (
     Setting("tls_ca", "DOCKGATE_TLS_CA", "--tls-ca", _text, None,
             "CA bundle; when set, tls:// clients must present a certificate it signed "
             "(the docker client's DOCKER_TLS_VERIFY setup)", "FILE"),
+    Setting("workers", "DOCKGATE_WORKERS", "--workers", _positive_int, 1,
+            "processes sharing the listeners (one per CPU core serves the most small "
+            "requests)", "N"),
     Setting("metrics_listen", "DOCKGATE_METRICS_LISTEN", "--metrics-listen", _text, None,
             "HOST:PORT for Prometheus metrics (off when unset)", "HOST:PORT"),
 )
@@ -185,6 +189,7 @@ class Settings:
     tls_cert: str | None
     tls_key: str | None
     tls_ca: str | None
+    workers: int
     metrics_listen: str | None
 
     @property
@@ -222,7 +227,7 @@ def load(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
     """Build Settings from parsed flags and the environment; ConfigError names what is wrong."""
     values: dict[str, Any] = {}
     for setting in TABLE:
-        flag_value = getattr(args, setting.name, None) if args is not None else None
+        flag_value = args_value(args, setting.name)
         if isinstance(flag_value, list):
             flag_value = ",".join(flag_value)
         if flag_value is not None:
@@ -231,6 +236,9 @@ def load(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
             values[setting.name] = _parse(setting, env[setting.env], setting.env)
         else:
             values[setting.name] = setting.default
+    if values["compat"] == "linuxserver" and args_value(args, "disable_ipv6") is None:
+        # linuxserver's image reads DISABLE_IPV6 as on only when it is exactly "1".
+        values["disable_ipv6"] = env.get("DISABLE_IPV6") == "1"
     settings = Settings(**values)
     if any(url.startswith("tls://") for url in settings.listeners) and not (
         settings.tls_cert and settings.tls_key
@@ -238,6 +246,19 @@ def load(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
         raise ConfigError("a tls:// listener needs --tls-cert and --tls-key "
                           "(DOCKGATE_TLS_CERT, DOCKGATE_TLS_KEY)")
     return settings
+
+
+def args_value(args: argparse.Namespace | None, name: str) -> Any:
+    return getattr(args, name, None) if args is not None else None
+
+
+def load_warnings(env: Mapping[str, str]) -> list[str]:
+    """Values accepted for compatibility but probably not meant as read."""
+    raw = env.get("DISABLE_IPV6")
+    if raw is not None and raw.strip().lower() not in TRUE_WORDS + FALSE_WORDS:
+        return [f"DISABLE_IPV6={raw!r} is read as off (IPv6 stays enabled), as the proxy "
+                "dockgate replaces reads it; write DISABLE_IPV6=1 to listen on IPv4 only"]
+    return []
 
 
 def _parse(setting: Setting, raw: str, source: str) -> Any:
