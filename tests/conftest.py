@@ -27,6 +27,11 @@ import pytest
 DOCKER_SOCKET = os.environ.get("DOCKGATE_TEST_SOCKET", "/var/run/docker.sock")
 BUSYBOX_IMAGE = "dockgate-test/busybox:latest"
 NAME_PREFIX = "dgtest-"
+# Every Tecnativa section on: the proxy forwards every Engine API route, for the
+# parity and load tests that compare it with direct access.
+ALL_ON = dict.fromkeys(["CONTAINERS", "IMAGES", "EXEC", "BUILD", "POST", "INFO", "NETWORKS",
+                        "VOLUMES", "EVENTS", "VERSION", "PING", "SYSTEM", "DISTRIBUTION",
+                        "AUTH", "SESSION"], "1")
 
 
 def free_port() -> int:

@@ -31,14 +31,11 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import DOCKER_SOCKET, DockgateProcess, StartDockgate, unique_name
+from conftest import ALL_ON, DOCKER_SOCKET, DockgateProcess, StartDockgate, unique_name
 
 pytestmark = pytest.mark.daemon
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
-ALL_ON = dict.fromkeys(["CONTAINERS", "IMAGES", "EXEC", "BUILD", "POST", "INFO", "NETWORKS",
-                        "VOLUMES", "EVENTS", "VERSION", "PING", "SYSTEM", "DISTRIBUTION",
-                        "AUTH", "SESSION"], "1")
 MIB = 1024 * 1024
 
 Result = subprocess.CompletedProcess[bytes]

@@ -22,13 +22,10 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import DockgateProcess, StartDockgate, unique_name
+from conftest import ALL_ON, DockgateProcess, StartDockgate, unique_name
 
 pytestmark = pytest.mark.daemon
 
-ALL_ON = dict.fromkeys(["CONTAINERS", "IMAGES", "EXEC", "BUILD", "POST", "INFO", "NETWORKS",
-                        "VOLUMES", "EVENTS", "VERSION", "PING", "SYSTEM", "DISTRIBUTION",
-                        "AUTH", "SESSION"], "1")
 STDOUT, STDERR = 1, 2
 
 

@@ -30,13 +30,10 @@ from urllib.parse import quote
 import docker
 import pytest
 
-from conftest import DockgateProcess, StartDockgate
+from conftest import ALL_ON, DockgateProcess, StartDockgate
 
 pytestmark = [pytest.mark.daemon, pytest.mark.slow]
 
-ALL_ON = dict.fromkeys(["CONTAINERS", "IMAGES", "EXEC", "BUILD", "POST", "INFO", "NETWORKS",
-                        "VOLUMES", "EVENTS", "VERSION", "PING", "SYSTEM", "DISTRIBUTION",
-                        "AUTH", "SESSION"], "1")
 LONG = os.environ.get("DOCKGATE_LONG") == "1"
 EVENT_STREAMS = 1_000
 HOLD_SECONDS = 600.0 if LONG else 30.0

@@ -72,3 +72,45 @@ def test_first_code_block_ignores_later_blocks_and_blank_lines() -> None:
     """Only the opening block is the quick start; later examples may show anything."""
     markdown = "# t\n\ntext\n\n```sh\n\nfirst\n  second  \n```\n\n```python\nother\n```\n"
     assert first_code_block(markdown) == ("sh", ["first", "second"])
+
+
+def console_examples(markdown: str) -> list[tuple[str, list[str]]]:
+    """Each ``$ command`` of the README's ``console`` blocks with the output lines shown."""
+    examples: list[tuple[str, list[str]]] = []
+    for block in FENCE.finditer(markdown):
+        if block["lang"] != "console":
+            continue
+        for line in block["body"].splitlines():
+            if line.startswith("$ "):
+                examples.append((line[2:], []))
+            elif line.strip():
+                examples[-1][1].append(line)
+    return examples
+
+
+def run_example(command: str) -> str:
+    """Run ``VAR=value dockgate ...`` with this interpreter and only the variables shown."""
+    words = shlex.split(command)
+    env_words = words[: words.index("dockgate")]
+    env = {"PATH": "/usr/bin:/bin", **dict(w.split("=", 1) for w in env_words)}
+    argv = [sys.executable, "-m", "dockgate", *words[len(env_words) + 1:]]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=60)
+    return done.stdout
+
+
+def test_readme_console_examples_print_what_the_readme_shows() -> None:
+    """Every example's shown lines appear, in order, in what the command really prints."""
+    examples = console_examples((ROOT / "README.md").read_text())
+    assert len(examples) >= 5
+    for command, shown in examples:
+        printed = run_example(command).splitlines()
+        position = 0
+        for line in shown:
+            assert line in printed[position:], f"{command!r} does not print {line!r}"
+            position = printed.index(line, position) + 1
+
+
+def test_console_examples_pair_commands_with_their_output() -> None:
+    """The helper keeps each command's lines apart and ignores other languages' blocks."""
+    markdown = "```console\n$ a\nx\n\n$ b\ny\nz\n```\n```sh\n$ c\n```\n"
+    assert console_examples(markdown) == [("a", ["x"]), ("b", ["y", "z"])]
