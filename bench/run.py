@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated wrk connection counts")
     parser.add_argument("--log-level", default="info",
                         help="LOG_LEVEL for both proxies (info is production's default)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="dockgate --workers; the default, one per CPU, matches HAProxy's "
+                        "default of one thread per CPU")
     args = parser.parse_args(argv)
     connections = [int(c) for c in args.connections.split(",")]
     for tool in ("nginx", "haproxy", "wrk", "curl"):
@@ -273,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{tool} is not installed")
     info = machine()
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Linux {info['kernel']}, "
-          f"Python {info['python']}, load average {info['loadavg_at_start']}", flush=True)
+          f"Python {info['python']}, load average {info['loadavg_at_start']}; "
+          f"dockgate --workers {args.workers}", flush=True)
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
         print("warning: the machine is busy; numbers will be noisy", flush=True)
     loads: list[Load] = []
@@ -296,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                        "DG_HAPROXY_UPSTREAM": str(upstream),
                        "DG_HAPROXY_LOG_LEVEL": args.log_level}
         dockgate = [sys.executable, "-m", "dockgate", "serve", "--listen",
-                    f"tcp://127.0.0.1:{ports['dockgate']}", "--upstream", f"unix://{upstream}"]
+                    f"tcp://127.0.0.1:{ports['dockgate']}", "--upstream", f"unix://{upstream}",
+                    "--workers", str(args.workers)]
         with (started(nginx, env, ports["direct"], work / "nginx.log"),
               started(haproxy, haproxy_env, ports["haproxy"], work / "haproxy.log"),
               started(dockgate, env, ports["dockgate"], work / "dockgate.log")):
@@ -329,13 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     document = {"time": stamp, "command": command.strip(), "machine": info,
                 "duration_s": args.duration, "log_level": args.log_level,
+                "dockgate_workers": args.workers,
                 "loads": [asdict(load) for load in loads],
                 "streams": [asdict(s) for s in streams],
                 "targets": [asdict(v) for v in verdicts]}
     markdown = [f"# dockgate benchmark {stamp}", "",
                 f"`{command.strip()}` on {info['nproc']} CPUs ({info['cpu']}), Linux "
                 f"{info['kernel']}, Python {info['python']}; {info['haproxy']}; "
-                f"{info['nginx']}; LOG_LEVEL={args.log_level} for both proxies; load average "
+                f"{info['nginx']}; dockgate --workers {args.workers}; "
+                f"LOG_LEVEL={args.log_level} for both proxies; load average "
                 f"{info['loadavg_at_start']} at start.", "", *table]
     for name in (f"bench-{stamp}", "latest"):
         (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")

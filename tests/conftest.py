@@ -54,6 +54,17 @@ def unique_name(stem: str) -> str:
     return name
 
 
+def discard(container: docker.models.containers.Container) -> None:
+    """Remove a test container that may already be gone (--rm, or removal under way)."""
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as error:
+        if error.status_code != 409:  # "removal ... is already in progress"
+            raise
+
+
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -23,24 +23,20 @@ import docker
 import pytest
 import yaml
 
-from conftest import DockgateProcess, StartDockgate, free_port, unique_name, wait_for_port
+from conftest import (
+    DockgateProcess,
+    StartDockgate,
+    discard,
+    free_port,
+    unique_name,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.daemon
 
 GITHUB = {"name": "github", "image": "mcp/github:latest", "title": "GitHub",
           "secrets": [{"name": "github.personal_access_token",
                        "env": "GITHUB_PERSONAL_ACCESS_TOKEN", "value": "ghp_test"}]}
-
-
-def discard(container: Any) -> None:
-    """Remove a test container; a concurrent session's dgtest- cleanup may have got there first."""
-    try:
-        container.remove(force=True)
-    except docker.errors.NotFound:
-        pass
-    except docker.errors.APIError as error:
-        if error.status_code != 409:  # "removal ... is already in progress"
-            raise
 
 
 def run_gateway(client: docker.DockerClient, image: str, name: str,

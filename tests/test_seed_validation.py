@@ -37,7 +37,7 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import DOCKER_SOCKET, free_port, wait_for_port
+from conftest import DOCKER_SOCKET, discard, free_port, wait_for_port
 
 pytestmark = pytest.mark.daemon
 
@@ -174,17 +174,6 @@ def make_targets(client: docker.DockerClient, tmp_path: Path, index: int) -> Tar
     client.api.tag("dockgate-test/busybox:latest", PROBE_IMAGE, tag)
     doomed = {k: names[k] for k in ("rm", "stop", "kill", "restart")}
     return Targets(prefix, names["gateway"], names["victim"], doomed, exec_id, host_dir, tag)
-
-
-def discard(container: Any) -> None:
-    """Remove a test container; a concurrent session's dgtest- cleanup may have got there first."""
-    try:
-        container.remove(force=True)
-    except docker.errors.NotFound:
-        pass
-    except docker.errors.APIError as error:
-        if error.status_code != 409:  # "removal ... is already in progress"
-            raise
 
 
 def remove_targets(client: docker.DockerClient, targets: Targets) -> None:

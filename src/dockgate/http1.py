@@ -85,10 +85,9 @@ class RequestHead:
     upgrade: bytes | None           # the Upgrade value when Connection: upgrade asks for one
     expect_continue: bool
     size: int                       # bytes of the head on the wire
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+    end_to_end: Headers             # ``headers`` without the hop-by-hop fields
+    has_host: bool
+    has_body: bool                  # a field, not a property: read several times a request
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lowercase), or None."""
@@ -110,6 +109,8 @@ class ResponseHead:
     chunked: bool
     keep_alive: bool                # may the upstream connection carry another request?
     has_body: bool
+    end_to_end: Headers             # ``headers`` without the hop-by-hop fields
+    content_type: bytes             # media type, lowercase, parameters dropped
 
     def get(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -383,8 +384,16 @@ def _frame(method: str, target: str, version: str, headers: Headers, size: int) 
     upgrade: bytes | None = None
     hosts = 0
     expect_continue = False
+    # The end-to-end fields are gathered in the same pass that validates framing,
+    # so the forwarded head costs no second walk over the fields (one per request).
+    kept: list[tuple[bytes, bytes, bytes]] = []
     for name, value in headers:
         key = name.lower()
+        if key not in HOP_BY_HOP and not key.startswith(b"proxy-"):
+            kept.append((key, name, value))
+            if key == b"host":
+                hosts += 1
+            continue
         if key == b"content-length":
             if content_length is not None:
                 raise ProtocolError("duplicate Content-Length")
@@ -397,8 +406,6 @@ def _frame(method: str, target: str, version: str, headers: Headers, size: int) 
             connection |= _tokens(value)
         elif key == b"upgrade":
             upgrade = value
-        elif key == b"host":
-            hosts += 1
         elif key == b"expect":
             if value.strip().lower() != b"100-continue":
                 raise ProtocolError("unsupported Expect")
@@ -419,7 +426,16 @@ def _frame(method: str, target: str, version: str, headers: Headers, size: int) 
     if b"upgrade" not in connection:
         upgrade = None
     return RequestHead(method, target, version, headers, keep_alive, content_length,
-                       chunked, upgrade, expect_continue, size)
+                       chunked, upgrade, expect_continue, size,
+                       _end_to_end(kept, connection), hosts > 0,
+                       chunked or bool(content_length))
+
+
+def _end_to_end(kept: list[tuple[bytes, bytes, bytes]], named: set[bytes]) -> Headers:
+    """``kept`` without the fields the Connection header names (RFC 9110 7.6.1)."""
+    if named:
+        return [(name, value) for key, name, value in kept if key not in named]
+    return [(name, value) for _, name, value in kept]
 
 
 ResponseEvent = ResponseHead | Data | EndOfMessage
@@ -559,6 +575,8 @@ class ResponseReader:
         content_length: int | None = None
         chunked = False
         connection: set[bytes] = set()
+        content_type = b""
+        kept: list[tuple[bytes, bytes, bytes]] = []
         for line in lines[1:-1]:
             name, sep, value = line.partition(b":")
             if not sep or not name or name != name.strip():
@@ -566,7 +584,11 @@ class ResponseReader:
             value = value.strip()
             headers.append((name, value))
             key = name.lower()
-            if key == b"content-length":
+            if key not in HOP_BY_HOP and not key.startswith(b"proxy-"):
+                kept.append((key, name, value))
+                if key == b"content-type" and not content_type:
+                    content_type = value.split(b";")[0].strip().lower()
+            elif key == b"content-length":
                 if not _DIGITS.fullmatch(value) or (
                         content_length is not None and content_length != int(value)):
                     raise UpstreamError("dockgate: the daemon sent an invalid Content-Length")
@@ -587,7 +609,7 @@ class ResponseReader:
         if has_body and not chunked and content_length is None:
             keep_alive = False
         return ResponseHead(status, reason, version, headers, content_length, chunked,
-                            keep_alive, has_body)
+                            keep_alive, has_body, _end_to_end(kept, connection), content_type)
 
 
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:

@@ -120,7 +120,9 @@ def from_env(env: Mapping[str, str]) -> PolicyDecider | None:
                                 frozenset({operation}), containers=scope))
     policy = Policy(ENV_POLICY, grants)
     return PolicyDecider("environment", ops, {ENV_POLICY: policy}, clients=(), listeners={},
-                         default=ENV_POLICY)
+                         default=ENV_POLICY,
+                         grant_hint=f"{RESTART_VARIABLE} and {INSPECT_VARIABLE} grant only "
+                         "restart and inspect; use --policy FILE to grant more")
 
 
 # ---------------------------------------------------------------------------

@@ -247,8 +247,10 @@ class PolicyDecider:
 
     def __init__(self, label: str, ops: Operations, policies: Mapping[str, Policy], *,
                  clients: tuple[ClientRule, ...], listeners: Mapping[str, str],
-                 default: str | None, warnings: tuple[str, ...] = ()) -> None:
+                 default: str | None, warnings: tuple[str, ...] = (),
+                 grant_hint: str = "add it to a grant's allow: list") -> None:
         self.label = label
+        self.grant_hint = grant_hint  # how to grant a missing operation, in the denial
         self.ops = ops
         self.policies = dict(policies)
         self.clients = clients
@@ -281,7 +283,7 @@ class PolicyDecider:
         index = policy.index.get(operation)
         if index is None:
             return _denied(request, f"{operation} is not granted by policy {policy.name!r}",
-                           "add it to a grant's allow: list", rule=f"policy {policy.name!r}")
+                           self.grant_hint, rule=f"policy {policy.name!r}")
         params = match.target.query_params()
         if operation in (LIST_OPERATION, EVENTS_OPERATION):
             return self._filtered(request, policy, index, operation, params)

@@ -47,7 +47,7 @@ import ssl
 import stat
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
@@ -182,6 +182,141 @@ def client_for(listener: Listener, transport: asyncio.BaseTransport) -> Client:
                   cert_sans=sans)
 
 
+class BoundListener:
+    """A listener's bound, listening sockets (one per address), and its TLS context."""
+
+    def __init__(self, listener: Listener, sockets: list[socket.socket],
+                 context: ssl.SSLContext | None, names: list[str]) -> None:
+        self.listener = listener
+        self.sockets = sockets
+        self.context = context
+        self.names = names
+
+
+def bind_listeners(settings: Settings, listeners: list[Listener]) -> list[BoundListener]:
+    """Bind and listen on every listener, synchronously (OSError or ConfigError).
+
+    Separate from serving so that a supervisor binds once and its forked workers
+    serve the same sockets (see ``run_workers``).
+    """
+    bound: list[BoundListener] = []
+    try:
+        for listener in listeners:
+            context = _tls_context(settings) if listener.kind == "tls" else None
+            if listener.kind == "unix":
+                sockets = [_bind_unix(settings, listener.path)]
+                names = [f"unix://{listener.path}"]
+            else:
+                host = listener.host
+                if host == "::" and settings.disable_ipv6:
+                    host = "0.0.0.0"
+                sockets = _bind_tcp(host, listener.port)
+                names = [f"{listener.kind}://{name[0]}:{name[1]}"
+                         for name in (sock.getsockname() for sock in sockets)]
+            bound.append(BoundListener(listener, sockets, context, names))
+    except BaseException:
+        close_listeners(bound)
+        raise
+    return bound
+
+
+def close_listeners(bound: list[BoundListener]) -> None:
+    for entry in bound:
+        for sock in entry.sockets:
+            sock.close()
+
+
+def remove_socket_files(listeners: list[Listener]) -> None:
+    for listener in listeners:
+        if listener.kind == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(listener.path)
+
+
+def _listening(sock: socket.socket) -> socket.socket:
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_tcp(host: str, port: int) -> list[socket.socket]:
+    if host == "::":
+        # [::] is dual-stack: one socket for v6 and v4-mapped clients.
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+            return [_listening(sock)]
+        except BaseException:
+            sock.close()
+            raise
+    # Like asyncio's create_server: one socket per address the name resolves to.
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, Any]] = set()
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            _listening(sock)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bind_unix(settings: Settings, path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)  # a stale socket from a previous run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        _own_socket_file(settings, path)
+        return _listening(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _own_socket_file(settings: Settings, path: str) -> None:
+    os.chmod(path, settings.socket_mode)
+    if settings.socket_owner is None and settings.socket_group is None:
+        return
+    try:
+        uid = (-1 if settings.socket_owner is None else
+               int(settings.socket_owner) if settings.socket_owner.isdigit() else
+               pwd.getpwnam(settings.socket_owner).pw_uid)
+        gid = (-1 if settings.socket_group is None else
+               int(settings.socket_group) if settings.socket_group.isdigit() else
+               grp.getgrnam(settings.socket_group).gr_gid)
+    except KeyError as error:
+        raise ConfigError(f"unknown socket owner or group: {error}") from None
+    os.chown(path, uid, gid)
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+        if settings.tls_ca:
+            context.load_verify_locations(settings.tls_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"cannot load the TLS certificate, key or CA: {error}") from None
+    return context
+
+
 class Proxy:
     """Listeners, the active decider, the upstream pool and the open connections."""
 
@@ -194,74 +329,32 @@ class Proxy:
         self.servers: list[asyncio.Server] = []
         self.shutting_down = False
         self.bound: list[str] = []
+        self.owns_files = False
         self.quiet: asyncio.Event | None = None
 
-    async def start(self) -> None:
-        """Open every listener (OSError if one cannot be bound)."""
-        for listener in self.listeners:
-            self.servers.append(await self._listen(listener))
+    async def start(self, bound: list[BoundListener] | None = None) -> None:
+        """Serve on ``bound`` (sockets a supervisor bound before forking), else bind now.
 
-    async def _listen(self, listener: Listener) -> asyncio.Server:
+        OSError if a listener cannot be bound. Whoever binds owns the unix socket files
+        and removes them at shutdown.
+        """
+        if bound is None:
+            bound = bind_listeners(self.settings, self.listeners)
+            self.owns_files = True
         loop = asyncio.get_running_loop()
+        for entry in bound:
+            self.bound.extend(entry.names)
 
-        def factory() -> ClientConnection:
-            return ClientConnection(self, listener)
+            def factory(listener: Listener = entry.listener) -> ClientConnection:
+                return ClientConnection(self, listener)
 
-        if listener.kind == "unix":
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.stat(listener.path).st_mode):
-                    os.unlink(listener.path)  # a stale socket from a previous run
-            server = await loop.create_unix_server(factory, listener.path, backlog=1024)
-            self._own_socket_file(listener.path)
-            self.bound.append(f"unix://{listener.path}")
-            return server
-        context = self._tls_context() if listener.kind == "tls" else None
-        host = listener.host
-        if host == "::" and self.settings.disable_ipv6:
-            host = "0.0.0.0"
-        if host == "::":
-            # [::] is dual-stack: one socket for v6 and v4-mapped clients.
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", listener.port))
-            server = await loop.create_server(factory, sock=sock, ssl=context, backlog=1024)
-        else:
-            server = await loop.create_server(factory, host, listener.port, ssl=context,
-                                              backlog=1024, reuse_address=True)
-        for sock_ in server.sockets:
-            name = sock_.getsockname()
-            self.bound.append(f"{listener.kind}://{name[0]}:{name[1]}")
-        return server
-
-    def _own_socket_file(self, path: str) -> None:
-        settings = self.settings
-        os.chmod(path, settings.socket_mode)
-        if settings.socket_owner is None and settings.socket_group is None:
-            return
-        try:
-            uid = (-1 if settings.socket_owner is None else
-                   int(settings.socket_owner) if settings.socket_owner.isdigit() else
-                   pwd.getpwnam(settings.socket_owner).pw_uid)
-            gid = (-1 if settings.socket_group is None else
-                   int(settings.socket_group) if settings.socket_group.isdigit() else
-                   grp.getgrnam(settings.socket_group).gr_gid)
-        except KeyError as error:
-            raise ConfigError(f"unknown socket owner or group: {error}") from None
-        os.chown(path, uid, gid)
-
-    def _tls_context(self) -> ssl.SSLContext:
-        settings = self.settings
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
-            if settings.tls_ca:
-                context.load_verify_locations(settings.tls_ca)
-                context.verify_mode = ssl.CERT_REQUIRED
-        except (OSError, ssl.SSLError) as error:
-            raise ConfigError(f"cannot load the TLS certificate, key or CA: {error}") from None
-        return context
+            for sock in entry.sockets:
+                if entry.listener.kind == "unix":
+                    server = await loop.create_unix_server(factory, sock=sock, backlog=1024)
+                else:
+                    server = await loop.create_server(factory, sock=sock, ssl=entry.context,
+                                                      backlog=1024)
+                self.servers.append(server)
 
     def reload(self, build: Callable[[], Decider]) -> None:
         """SIGHUP: swap in a new decider; an invalid configuration keeps the old one."""
@@ -294,10 +387,8 @@ class Proxy:
         for conn in list(self.connections):
             conn.close()
         self.upstream.close_all()
-        for listener in self.listeners:
-            if listener.kind == "unix":
-                with contextlib.suppress(OSError):
-                    os.unlink(listener.path)
+        if self.owns_files:
+            remove_socket_files(self.listeners)
         await asyncio.sleep(0)
 
 
@@ -324,6 +415,8 @@ class ClientConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._timed_out = False
+        self._deadline: float | None = None     # when the head being awaited is overdue
+        self._timer: asyncio.TimerHandle | None = None
         self._raw_done: asyncio.Future[None] | None = None
         self._raw_eofs: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -373,6 +466,9 @@ class ClientConnection(asyncio.Protocol):
         self.proxy.connections.discard(self)
         self.proxy.check_quiet()
         metrics.ACTIVE_CONNECTIONS.dec()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.upstream is not None:
             # The client is gone: whatever the daemon still sends has no reader.
             self.upstream.abort()
@@ -431,7 +527,8 @@ class ClientConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def _wait(self) -> None:
-        self._resume("buffer")
+        if self._paused_for:
+            self._resume("buffer")
         self._waiter = asyncio.get_running_loop().create_future()
         try:
             await self._waiter
@@ -488,10 +585,8 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.close()
 
     async def _read_head(self) -> http1.RequestHead | None:
-        loop = asyncio.get_running_loop()
-        timer: asyncio.TimerHandle | None = None
-        kind = ""
         settings = self.proxy.settings
+        kind = ""
         self._timed_out = False
         try:
             while True:
@@ -509,19 +604,39 @@ class ClientConnection(asyncio.Protocol):
                     return None
                 want = "idle" if idle else "header"
                 if want != kind:
-                    if timer is not None:
-                        timer.cancel()
                     kind = want
-                    delay = settings.idle_timeout if idle else settings.header_timeout
-                    timer = loop.call_later(delay, self._on_timeout)
+                    self._set_deadline(settings.idle_timeout if idle
+                                       else settings.header_timeout)
                 await self._wait()
         finally:
-            if timer is not None:
-                timer.cancel()
+            self._deadline = None
 
-    def _on_timeout(self) -> None:
-        self._timed_out = True
-        self._wake()
+    def _set_deadline(self, delay: float) -> None:
+        # One timer per connection, not one per request: moving the deadline is a
+        # float store, and the timer is re-armed only when it fires early or must fire
+        # sooner. A keep-alive client sending thousands of requests a second would
+        # otherwise create and cancel a TimerHandle for each of them.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None and timer.when() <= deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.lost:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            self._timed_out = True
+            self._wake()
+        else:
+            self._timer = loop.call_at(deadline, self._on_timer)
 
     async def _next_body_event(self) -> http1.Data | http1.EndOfMessage:
         while True:
@@ -658,8 +773,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _upstream_head(self, head: http1.RequestHead, allow: Allow, body: bytes | None,
                        upgrade: bytes | None) -> bytes:
-        headers = http1.strip_hop_by_hop(head.headers)
-        if head.get(b"host") is None:
+        headers = list(head.end_to_end)
+        if not head.has_host:
             headers.insert(0, (b"Host", b"docker"))
         if body is not None:
             headers.append((b"Content-Length", b"%d" % len(body)))
@@ -688,7 +803,7 @@ class ClientConnection(asyncio.Protocol):
         pool = self.proxy.upstream
         for attempt in range(2):
             try:
-                conn = await pool.acquire()
+                conn = pool.take_idle() or await pool.acquire()
             except UpstreamError as error:
                 record["reason"] = error.message
                 return self._answer_error(502, error.message, head,
@@ -918,19 +1033,18 @@ class Exchange:
                 self._fail("dockgate: the daemon switched protocols for a request that "
                            "did not ask for it")
                 return
-            headers = http1.strip_hop_by_hop(response.headers)
+            headers = response.end_to_end
             headers += [(b"Connection", b"Upgrade"),
                         (b"Upgrade", response.get(b"upgrade") or self.upgrade)]
             self._switch(response, headers)
             return
-        content_type = (response.get(b"content-type") or b"").split(b";")[0].strip().lower()
         if (self.stream == routes.Stream.HIJACK and status == 200
-                and response.close_delimited and content_type in RAW_STREAM_TYPES):
+                and response.close_delimited and response.content_type in RAW_STREAM_TYPES):
             # Docker's other hijack form: 200 with a raw stream type, then raw bytes.
-            self._switch(response, http1.strip_hop_by_hop(response.headers))
+            self._switch(response, response.end_to_end)
             return
         client_11 = request.version == "1.1"
-        headers = http1.strip_hop_by_hop(response.headers)
+        headers = response.end_to_end
         close_after = self.upgrade is not None  # asked for raw, got HTTP: its next bytes are raw
         if not response.has_body:
             self.mode = "none"
@@ -1042,11 +1156,15 @@ class Exchange:
 
 
 async def serve(settings: Settings, decider: Decider,
-                reload: Callable[[], Decider] | None = None) -> int:
-    """Run until SIGTERM/SIGINT, then shut down gracefully; the exit status."""
+                reload: Callable[[], Decider] | None = None,
+                bound: list[BoundListener] | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; the exit status.
+
+    ``bound``: the sockets a supervisor bound for this worker (None: bind them here).
+    """
     proxy = Proxy(settings, decider)
     try:
-        await proxy.start()
+        await proxy.start(bound)
     except OSError as error:
         problem = str(error)
     else:
@@ -1062,12 +1180,23 @@ async def serve(settings: Settings, decider: Decider,
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, proxy.reload, reload)
-    log.info("listening on %s, forwarding to %s, decisions by %s",
-             ", ".join(proxy.bound), settings.upstream_url, decider.name)
+    if bound is None:
+        log.info("listening on %s, forwarding to %s, decisions by %s",
+                 ", ".join(proxy.bound), settings.upstream_url, decider.name)
+    else:
+        _watch_parent(loop, os.getppid(), stop)
     await stop.wait()
     log.info("shutting down")
     await proxy.shutdown()
     return 0
+
+
+def _watch_parent(loop: asyncio.AbstractEventLoop, parent: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (SIGKILL) stops too, instead of serving unsupervised."""
+    if os.getppid() != parent:
+        stop.set()
+        return
+    loop.call_later(1.0, _watch_parent, loop, parent, stop)
 
 
 def raise_fd_limit() -> None:
@@ -1085,7 +1214,150 @@ def raise_fd_limit() -> None:
 
 def run(settings: Settings, decider: Decider,
         reload: Callable[[], Decider] | None = None) -> int:
-    """``dockgate serve``: the event loop is uvloop."""
+    """``dockgate serve``: the event loop is uvloop; ``--workers N`` forks N of them."""
     raise_fd_limit()
-    result: int = uvloop.run(serve(settings, decider, reload))
-    return result
+    if settings.workers == 1:
+        result: int = uvloop.run(serve(settings, decider, reload))
+        return result
+    if settings.metrics_listen:
+        # Each worker would count its own share behind one port only one of them can
+        # bind; aggregating needs prometheus_client's multiprocess mode (a file per
+        # process and metric, rewritten on every request), which is not worth its
+        # cost on the hot path here.
+        raise ConfigError("--metrics-listen works with one worker only "
+                          "(set DOCKGATE_WORKERS=1 to collect metrics)")
+    listeners = [Listener(url) for url in settings.listeners]
+    try:
+        bound = bind_listeners(settings, listeners)
+    except OSError as error:
+        problem = str(error)
+    else:
+        problem = ""
+    if problem:
+        log.error("cannot listen: %s", problem)
+        return 1
+    log.info("listening on %s, forwarding to %s, decisions by %s, %d workers",
+             ", ".join(name for entry in bound for name in entry.names),
+             settings.upstream_url, decider.name, settings.workers)
+    try:
+        return Supervisor(settings, decider, reload, bound).run()
+    finally:
+        close_listeners(bound)
+        remove_socket_files(listeners)
+
+
+class Supervisor:
+    """Pre-fork workers: the parent binds every listener once, each worker serves them all.
+
+    Why a shared accept queue rather than SO_REUSEPORT: it works for every listener
+    kind (unix sockets and TLS included), a port bound once cannot be joined by
+    another process of the same user, and the socket file has one owner. The kernel
+    hands each new connection to one of the workers waiting in accept; Docker clients
+    keep connections alive, so accept balance matters less than request cost.
+
+    The parent runs no event loop (a loop must not cross a fork): it blocks in
+    ``sigtimedwait`` on SIGCHLD, SIGTERM, SIGINT and SIGHUP. A worker that dies
+    unexpectedly is replaced, at most ``MAX_RESTARTS`` per ``RESTART_WINDOW`` seconds
+    so that a crash loop does not spin; SIGTERM/SIGINT are forwarded (each worker
+    finishes gracefully) and the parent exits 0 once all are gone; SIGHUP is forwarded
+    and each worker reloads its own decider (a ConfigError keeps its current one).
+    """
+
+    MAX_RESTARTS: Final = 10
+    RESTART_WINDOW: Final = 60.0
+    SIGNALS: Final = frozenset({signal.SIGCHLD, signal.SIGTERM, signal.SIGINT,
+                                signal.SIGHUP})
+
+    def __init__(self, settings: Settings, decider: Decider,
+                 reload: Callable[[], Decider] | None, bound: list[BoundListener]) -> None:
+        self.settings = settings
+        self.decider = decider
+        self.reload = reload
+        self.bound = bound
+        self.workers: dict[int, int] = {}        # pid -> slot
+        self.waiting: list[int] = []             # slots to restart when the rate allows
+        self.restarts: list[float] = []          # monotonic times of recent restarts
+        self.stopping = False
+
+    def run(self) -> int:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        try:
+            for slot in range(self.settings.workers):
+                self._spawn(slot, previous)
+            while self.workers or (self.waiting and not self.stopping):
+                timeout = self._restart_due(previous)
+                info = signal.sigtimedwait(self.SIGNALS, timeout)
+                if info is not None:
+                    self._on_signal(info.si_signo)
+                self._reap()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        log.info("all workers stopped")
+        return 0
+
+    def _spawn(self, slot: int, mask: Iterable[int]) -> None:
+        pid = os.fork()
+        if pid:
+            self.workers[pid] = slot
+            log.info("worker %d started (pid %d)", slot, pid)
+            return
+        # The worker: the parent's signal mask is not ours, and its exit code is ours.
+        code = 1
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            code = uvloop.run(serve(self.settings, self.decider, self.reload, self.bound))
+        except BaseException:
+            log.exception("worker %d failed", slot)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _on_signal(self, signo: int) -> None:
+        if signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+            log.info("shutting down %d workers", len(self.workers))
+            self.stopping = True
+            self.waiting.clear()
+            self._send(signal.SIGTERM)
+        elif signo == signal.SIGHUP and not self.stopping:
+            self._send(signal.SIGHUP)
+
+    def _send(self, signo: int) -> None:
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signo)
+
+    def _reap(self) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self.workers.pop(pid, None)
+            if slot is None:
+                continue
+            if self.stopping:
+                continue
+            log.error("worker %d (pid %d) ended unexpectedly (%s); replacing it", slot, pid,
+                      _describe_status(status))
+            self.waiting.append(slot)
+
+    def _restart_due(self, mask: Iterable[int]) -> float:
+        """Restart waiting workers the rate allows; seconds until the next check."""
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < self.RESTART_WINDOW]
+        while self.waiting and len(self.restarts) < self.MAX_RESTARTS:
+            self.restarts.append(now)
+            self._spawn(self.waiting.pop(0), mask)
+        if self.waiting:
+            log.error("workers keep failing: next restart in %.0f s",
+                      self.restarts[0] + self.RESTART_WINDOW - now)
+            return max(0.1, self.restarts[0] + self.RESTART_WINDOW - now)
+        return 1.0
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"

@@ -244,14 +244,20 @@ class Upstream:
                 "check that dockerd listens there and that --upstream is right")
         return f"dockgate: cannot reach the Docker daemon at {self.url} ({why}); {hint}"
 
-    async def acquire(self) -> UpstreamConnection:
-        """An idle pooled connection, else a new one (UpstreamError when unreachable)."""
-        while self._idle:
-            conn = self._idle.pop()
+    def take_idle(self) -> UpstreamConnection | None:
+        """An idle pooled connection, or None; no await, so no coroutine on the hot path."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
             if not conn.closed:
                 conn.reused = True
                 return conn
-        return await self._connect()
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        """An idle pooled connection, else a new one (UpstreamError when unreachable)."""
+        conn = self.take_idle()
+        return conn if conn is not None else await self._connect()
 
     async def _connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
