@@ -9,11 +9,13 @@ prefix, runs with ``--network none`` and is removed at the end of the session.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import uuid
@@ -63,6 +65,17 @@ def discard(container: docker.models.containers.Container) -> None:
     except docker.errors.APIError as error:
         if error.status_code != 409:  # "removal ... is already in progress"
             raise
+
+
+def tar_of(files: Mapping[str, bytes]) -> bytes:
+    """An uncompressed tar holding ``files`` (name -> content), for archive and build bodies."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:

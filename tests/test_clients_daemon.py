@@ -208,3 +208,25 @@ def test_two_client_certificates_get_different_policies(
     audit = [json.loads(line) for line in setup.proxy.log().splitlines()
              if line.startswith("{") and '"event":"request"' in line]
     assert any(r["status"] == 204 and "cn=relay" in r["client"] for r in audit)
+
+
+def test_the_docker_cli_restarts_with_its_own_tls_settings(
+        setup: Setup, docker_client: docker.DockerClient, tmp_path: Path) -> None:
+    """DOCKER_TLS_VERIFY + DOCKER_CERT_PATH (ca/cert/key.pem) work as against a TLS daemon."""
+    cert_path = tmp_path / "docker-certs"
+    cert_path.mkdir()
+    for source, target in (("ca.pem", "ca.pem"), ("relay.pem", "cert.pem"),
+                           ("relay-key.pem", "key.pem")):
+        shutil.copy(setup.certs / source, cert_path / target)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+           "DOCKER_HOST": f"tcp://127.0.0.1:{setup.tls_port}", "DOCKER_TLS_VERIFY": "1",
+           "DOCKER_CERT_PATH": str(cert_path)}
+    before = started(docker_client, setup.gw)
+    done = subprocess.run(["docker", "restart", "-t", "0", setup.gw.name], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, setup.gw.name), done.stderr
+    assert restarted(docker_client, setup.gw, before)
+    denied = subprocess.run(["docker", "ps"], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert denied.returncode != 0
+    assert "dockgate: GET /containers/json denied" in denied.stderr

@@ -75,9 +75,11 @@ def test_restart_only_setting_restarts_but_cannot_list(start_dockgate: StartDock
                                              network_mode="none", detach=True)
     try:
         proxy = start_dockgate(env={"POST": "1", "ALLOW_RESTARTS": "1"})
+        before = docker_client.api.inspect_container(name)["State"]["StartedAt"]
         restarted = docker_cli(proxy.docker_host, "restart", "-t", "0", name)
         assert restarted.returncode == 0, restarted.stderr
         assert restarted.stdout.strip() == name
+        assert docker_client.api.inspect_container(name)["State"]["StartedAt"] != before
         listed = docker_cli(proxy.docker_host, "ps")
         assert "dockgate: GET /containers/json denied — CONTAINERS is off" in listed.stderr
     finally:

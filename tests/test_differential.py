@@ -42,7 +42,6 @@ import pytest
 
 from conftest import free_port, wait_for_port
 from dockgate import compat, routes
-from dockgate.errors import BadTarget
 
 HERE = Path(__file__).resolve().parent
 HAPROXY = "/usr/sbin/haproxy"
@@ -101,17 +100,36 @@ def route_probes() -> list[Probe]:
     return probes
 
 
+# Non-canonical: dockgate answers 400 and forwards nothing. Listed here, not
+# derived from routes.parse_target, so that the test checks the code rather than
+# asking it which targets to check.
+NONCANONICAL_TARGETS = (
+    "//containers/json", "/containers//json", "/containers/../_ping", "/_ping/.",
+    "/./_ping", "/v1.41/../containers/json", "/containers/dgtest-x/../../images/json",
+    "/containers%2Fjson", "/containers%2fdgtest-x%2frestart", "/%2e%2e/containers/json",
+    "/containers/dgtest-x/%2e%2e/%2e%2e/_ping", "/%2F..%2Fcontainers/json",
+    "/containers%252Fjson", "/containers/dgtest-x/%252e%252e/%252e%252e/_ping",
+    "/_ping%00", "/_ping%",
+    "/_ping%zz", "/containers/json%23x", "/v1.41/containers/json#frag", "_ping",
+    "*", "http://127.0.0.1/_ping", "/%C3%A9", "/containers/a%20b/stop",
+)
+
+
 ODD_TARGETS = (
     # Prefix look-alikes and case: canonical, no route.
     "/containersXYZ", "/CONTAINERS/json", "/Containers/json", "/v1.41/IMAGES/json",
     "/_pingpong", "/versions", "/eventsfoo", "/infos", "/containers", "/images",
     "/containers/dgtest-x/restartnow", "/containers/dgtest-x/STOP",
     "/containers/dgtest-x/kill/extra", "/containers/a.b-c_d/start", "/containers/a+b/start",
-    "/containers/a%20b/stop", "/vX/containers/json", "/v/containers/json", "/v1a/_ping",
+    "/vX/containers/json", "/v/containers/json", "/v1a/_ping",
     "/debug/vars", "/debug/pprof/", "/", "/x", "/%5Fping", "/%76ersion",
     # Percent-encodings decoded once: the same route as the plain form.
     "/%63ontainers/json", "/v1.41/%63ontainers/create", "/containers/dgtest-x/%61rchive",
     "/containers/dgtest-x/%72estart", "/%43ONTAINERS/json", "/containers/%64gtest-x/json",
+    # Double encoding: decoded once, a literal "%63" that no route or name matches.
+    "/%2563ontainers/json", "/containers/%2561rchive",
+    # ";" in the path is data (a {name:.*} route takes it), unlike in the query.
+    "/containers/dgtest-x/restart;x",
     # Query strings: never part of the decision.
     "/containers/json?all=1", "/_ping?x=/start", "/images/json?x=/containers",
     "/containers/dgtest-x/kill?signal=SIGKILL", "/containers/json?", "/events?since=0&until=1",
@@ -121,14 +139,7 @@ ODD_TARGETS = (
     "/libpod/_ping", "/v4.0.0/libpod/version", "/libpod/containers/json",
     "/v4.0.0/libpod/containers/dgtest-x/start", "/libpod/containers/dgtest-x/logs",
     "/libpod/pods/dgtest-x/top", "/pods/dgtest-x/logs", "/libpod/pods/json",
-    # Non-canonical: dockgate answers 400 and forwards nothing.
-    "//containers/json", "/containers//json", "/containers/../_ping", "/_ping/.",
-    "/./_ping", "/v1.41/../containers/json", "/containers/dgtest-x/../../images/json",
-    "/containers%2Fjson", "/containers%2fdgtest-x%2frestart", "/%2e%2e/containers/json",
-    "/containers/dgtest-x/%2e%2e/%2e%2e/_ping", "/%2F..%2Fcontainers/json",
-    "/%2563ontainers/json", "/containers/%2561rchive", "/_ping%00", "/_ping%",
-    "/_ping%zz", "/containers/json%23x", "/v1.41/containers/json#frag", "_ping",
-    "*", "http://127.0.0.1/_ping", "/%C3%A9", "/containers/dgtest-x/restart;x",
+    *NONCANONICAL_TARGETS,
 )
 
 
@@ -325,11 +336,16 @@ def run_corpus(kind: str, combination: Combination, corpus: list[Probe],
 
 
 def classify(probe: Probe) -> str:
-    """'routable', 'unroutable' (canonical, no Engine API route) or 'noncanonical'."""
-    try:
-        target = routes.parse_target(probe.target)
-    except BadTarget:
+    """'routable', 'unroutable' (canonical, no Engine API route) or 'noncanonical'.
+
+    Non-canonical comes from the corpus's own lists; a target parse_target refuses
+    that they do not list is an error of the corpus, not a pass.
+    """
+    # Podman's /v4.0.0/ is a loose version to dockerd too.
+    if probe.target in NONCANONICAL_TARGETS or probe.target.startswith(
+            (*LOOSE_VERSIONS, "/v4.0.0/")):
         return "noncanonical"
+    target = routes.parse_target(probe.target)
     return "routable" if routes.classify(probe.method, target) is not None else "unroutable"
 
 
@@ -373,8 +389,11 @@ def corpus() -> list[Probe]:
 @pytest.fixture(scope="module")
 def runs(corpus: list[Probe], tmp_path_factory: pytest.TempPathFactory) -> list[Run]:
     """Every combination run once through HAProxy and once through dockgate."""
+    # mktemp is not thread-safe on first use: make the directories before the pool.
+    works = [tmp_path_factory.mktemp(f"diff{index}") for index in range(len(COMBINATIONS))]
+
     def run(index: int, combination: Combination) -> Run:
-        work = tmp_path_factory.mktemp(f"diff{index}")
+        work = works[index]
         ha, _, _ = run_corpus("haproxy", combination, corpus, work)
         dg, dg_records, log = run_corpus("dockgate", combination, corpus, work)
         return Run(combination, ha, dg, dg_records, log)

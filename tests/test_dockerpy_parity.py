@@ -22,7 +22,7 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import ALL_ON, DockgateProcess, StartDockgate, unique_name
+from conftest import ALL_ON, DockgateProcess, StartDockgate, tar_of, unique_name
 
 pytestmark = pytest.mark.daemon
 
@@ -131,13 +131,8 @@ def test_put_and_get_archive_round_trip_a_file(
         client: docker.DockerClient, sleeper: Any) -> None:
     """Archive bodies are binary tar both ways; one altered byte breaks the round trip."""
     content = os.urandom(3 * 1024 * 1024)
-    upload = io.BytesIO()
-    with tarfile.open(fileobj=upload, mode="w") as tar:
-        member = tarfile.TarInfo("payload.bin")
-        member.size = len(content)
-        tar.addfile(member, io.BytesIO(content))
     proxied = client.containers.get(sleeper.id)
-    assert proxied.put_archive("/tmp", upload.getvalue()) is True
+    assert proxied.put_archive("/tmp", tar_of({"payload.bin": content})) is True
     chunks, stat = proxied.get_archive("/tmp/payload.bin")
     with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
         extracted = tar.extractfile("payload.bin")

@@ -546,7 +546,12 @@ def test_a_start_is_allowed_only_without_a_configuration_body(body: bytes,
     ("policies:\n  p:\n    grants:\n      - allow: [container.restart]\n"
      "        containers: {names: [/gw]}\n", "test.yaml:5: '/gw' is not a container name"),
     ("policies:\n  p:\n    grants:\n      - allow: [container.restart]\n"
+     "        containers: {names: [\"gw\\n\"]}\n",
+     "test.yaml:5: 'gw\\n' is not a container name"),
+    ("policies:\n  p:\n    grants:\n      - allow: [container.restart]\n"
      "        containers: {}\n", "test.yaml:5: containers: selects nothing"),
+    ("policies:\n  p:\n    grants:\n      - allow: [container.create]\n"
+     "        create: {}\n", "test.yaml:5: create: constrains nothing"),
     ("policies:\n  p:\n    grants:\n      - allow: [container.logs]\n"
      "        query: {follow: maybe}\n", "test.yaml:5: follow is a boolean parameter"),
     ("policies:\n  p: {grants: [{allow: [system.ping]}]}\nclients:\n  - {uid: 0}\n",

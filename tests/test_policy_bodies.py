@@ -33,6 +33,12 @@ CLEAN = b'{"Image": "busybox", "User": "1000:1000", "HostConfig": {"NetworkMode"
      "privileged mode"),
     (b'{"HostConfig": {"MaskedPaths": [], "ReadonlyPaths": []}}', "explicit /proc path"),
     ('{"HostConfig": {"Privileged": true}}'.replace("s", "\u017f").encode(), "privileged mode"),
+    # Go folds no ligature onto ASCII: the daemon skips "HostConﬁg", so it must not
+    # override the HostConfig dockerd reads (Python's casefold() would fold it).
+    ('{"HostConfig": {"Privileged": true}, "HostCon\ufb01g": {"Privileged": false}}'.encode(),
+     "privileged mode"),
+    ('{"HostConfig": {"Privileged": true}, "Ho\ufb06Config": {"Privileged": false}}'.encode(),
+     "privileged mode"),
     (b'{"HostConfig": {"Binds": ["/:/host"]}}', "host bind mount"),
     (b'{"HostConfig": {"Binds": ["/etc:/etc:ro"]}}', "host bind mount"),
     (b'{"HostConfig": {"Binds": ["data:/data", "/var/run/docker.sock:/s"]}}',
@@ -52,6 +58,7 @@ CLEAN = b'{"Image": "busybox", "User": "1000:1000", "HostConfig": {"NetworkMode"
     (b'{"HostConfig": {"NetworkMode": "container:abc"}}', "network namespace"),
     (b'{"HostConfig": {"PidMode": "host"}}', "shared namespace 'host'"),
     (b'{"HostConfig": {"PidMode": "container:abc"}}', "shared namespace"),
+    (b'{"HostConfig": {"Links": ["db:db"]}}', "links to another container"),
     (b'{"HostConfig": {"IpcMode": "host"}}', "shared namespace"),
     (b'{"HostConfig": {"UTSMode": "host"}}', "shared namespace"),
     (b'{"HostConfig": {"UsernsMode": "host"}}', "shared namespace"),
@@ -68,6 +75,9 @@ CLEAN = b'{"Image": "busybox", "User": "1000:1000", "HostConfig": {"NetworkMode"
     (b'{"User": "0:0"}', "running as root"),
     (b'{"User": "root"}', "running as root"),
     (b'{"User": "1000", "user": "0"}', "running as root"),
+    # Python's "$" also matches before a final newline; Go's (and the daemon's) does not.
+    (b'{"User": "1000\\n"}', "running as root"),
+    (b'{"HostConfig": {"Binds": ["data\\n:/data"]}}', "host bind mount"),
 ])
 def test_a_body_asking_for_host_access_is_caught_in_every_spelling(
         body: bytes, problem: str) -> None:
@@ -97,6 +107,10 @@ def test_a_body_without_host_access_passes_every_check(body: bytes) -> None:
     b'{"HostConfig": {"Binds": "/:/host"}}', b'{"HostConfig": {"Binds": [1]}}',
     b'{"HostConfig": {"Mounts": ["bind"]}}', b'{"HostConfig": {"NetworkMode": 1}}',
     b'{"User": 0}', b"[" * 100000,
+    # Go >= 1.21 folds the dotless i onto "I" (ToUpper(ToLower(r))), older Go does not:
+    # which field this names depends on the daemon's build.
+    '{"HostConfig": {"Pr\u0131vileged": true}}'.encode(),
+    '{"HostConfig": {"Pr\u0130vileged": true}}'.encode(),
 ])
 def test_a_body_that_cannot_be_judged_is_unparseable(body: bytes) -> None:
     """Deny by default: whatever the parser or the type checks cannot read is refused."""

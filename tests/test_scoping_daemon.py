@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import io
 import json
 import os
 import signal
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import BUSYBOX_IMAGE, DockgateProcess, StartDockgate, unique_name
+from conftest import BUSYBOX_IMAGE, DockgateProcess, StartDockgate, tar_of, unique_name
 
 pytestmark = pytest.mark.daemon
 
@@ -125,15 +123,6 @@ def gw_and_other(docker_client: docker.DockerClient,
         remove(container)
 
 
-def tar_of(name: str, data: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def denied_requests(gw: str, other: str, other_id: str,
                     image: str) -> list[tuple[str, str, bytes | None]]:
     """Everything a restart-only client might try besides restarting gw."""
@@ -155,7 +144,7 @@ def denied_requests(gw: str, other: str, other_id: str,
         ("POST", f"/containers/{gw}/attach?stream=1&stdout=1", None),
         ("GET", f"/containers/{gw}/attach/ws?stream=1&stdin=1", None),
         ("GET", f"/containers/{gw}/archive?path=/etc", None),
-        ("PUT", f"/containers/{gw}/archive?path=/tmp", tar_of("x", b"x")),
+        ("PUT", f"/containers/{gw}/archive?path=/tmp", tar_of({"x": b"x"})),
         ("GET", f"/containers/{gw}/export", None),
         ("POST", f"/containers/{gw}/stop", None),
         ("POST", f"/containers/{gw}/kill", None),
@@ -169,7 +158,7 @@ def denied_requests(gw: str, other: str, other_id: str,
         ("POST", "/volumes/create", b'{"Name": "dgtest-pol-vol"}'),
         ("GET", "/networks", None),
         ("POST", "/networks/create", b'{"Name": "dgtest-pol-net"}'),
-        ("POST", "/build?t=dgtest-pol-build", tar_of("Dockerfile", b"FROM scratch\n")),
+        ("POST", "/build?t=dgtest-pol-build", tar_of({"Dockerfile": b"FROM scratch\n"})),
         ("GET", "/swarm", None),
         ("POST", "/swarm/init", b'{"ListenAddr": "127.0.0.1"}'),
         ("GET", "/plugins", None),
@@ -381,6 +370,57 @@ def test_create_constraints_and_start_bodies_are_enforced_through_the_proxy(
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.api.remove_container(name, force=True)
+
+
+@pytest.mark.parametrize("shadow", ["HostCon\ufb01g", "Ho\ufb06Config"])
+def test_a_create_body_the_daemon_reads_as_privileged_is_refused_in_any_key_spelling(
+        docker_client: docker.DockerClient, busybox_image: str, start_dockgate: StartDockgate,
+        tmp_path: Path, shadow: str) -> None:
+    """A key dockerd skips (a ligature) must not hide the HostConfig it reads."""
+    body = json.dumps({"Image": busybox_image, "User": "1000", "HostConfig": {"Privileged": True},
+                       shadow: {"Privileged": False}}).encode()
+    direct = unique_name("pol-shadow")
+    # The daemon itself, sent the same bytes, creates a privileged container.
+    created = docker_client.api.post(f"{docker_client.api.base_url}/containers/create",
+                                     data=body, params={"name": direct},
+                                     headers={"Content-Type": "application/json"})
+    try:
+        assert created.status_code == 201, created.text
+        assert docker_client.api.inspect_container(direct)["HostConfig"]["Privileged"] is True
+    finally:
+        docker_client.api.remove_container(direct, force=True)
+    policy_text = ("policies:\n  ci:\n    grants:\n      - allow: [container.create]\n"
+                   "        create: {deny: [all]}\ndefault: ci\n")
+    proxy = start_dockgate(args=["--policy", write_policy(tmp_path, policy_text)])
+    name = unique_name("pol-shadow")
+    reply = call(proxy, "POST", f"/containers/create?name={name}", body,
+                 {"Content-Type": "application/json"})
+    assert reply.status == 403, reply.body
+    assert "privileged mode" in reply.message
+    assert docker_client.containers.list(all=True, filters={"name": name}) == []
+
+
+def test_a_policy_file_beats_the_restart_variable_which_beats_tecnativa_variables(
+        start_dockgate: StartDockgate, tmp_path: Path) -> None:
+    """The documented precedence: --policy, then ALLOW_RESTART_CONTAINERS, then Tecnativa's."""
+    absent = unique_name("pol-absent")  # never created: nothing on the daemon changes
+    restart = f"/containers/{absent}/restart"
+    variables = start_dockgate(env={"ALLOW_RESTART_CONTAINERS": absent, "CONTAINERS": "1",
+                                    "POST": "1"})
+    listing = call(variables, "GET", "/containers/json")
+    assert listing.status == 403, "CONTAINERS=1 must be ignored under ALLOW_RESTART_CONTAINERS"
+    assert "ALLOW_RESTART_CONTAINERS" in listing.message
+    missing = call(variables, "POST", restart)
+    assert (missing.status, missing.message) == (404, f"No such container: {absent}")
+
+    ping_only = ("policies:\n  p:\n    grants:\n      - allow: [system.ping]\n"
+                 "default: p\n")
+    file_first = start_dockgate(env={"ALLOW_RESTART_CONTAINERS": absent},
+                                args=["--policy", write_policy(tmp_path, ping_only)])
+    assert call(file_first, "GET", "/_ping").status == 200
+    denied = call(file_first, "POST", restart)
+    assert denied.status == 403
+    assert "is not granted by policy 'p'" in denied.message
 
 
 def wait_for_status(proxy: DockgateProcess, target: str, status: int) -> int:

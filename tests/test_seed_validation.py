@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import difflib
 import http.client
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import DOCKER_SOCKET, discard, free_port, wait_for_port
+from conftest import DOCKER_SOCKET, discard, free_port, tar_of, wait_for_port
 
 pytestmark = pytest.mark.daemon
 
@@ -47,16 +45,6 @@ BEGIN = "<!-- BEGIN GENERATED: tests/test_seed_validation.py -->"
 END = "<!-- END GENERATED -->"
 HAPROXY = "/usr/sbin/haproxy"
 PROBE_IMAGE = "dockgate-test/seed-probe"
-
-
-def tar_of(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 @dataclass

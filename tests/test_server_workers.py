@@ -54,6 +54,11 @@ class Workers:
                  "--upstream", f"unix://{fake.path}", *args],
                 env=env, stderr=log)
         wait_for_port(self.port)
+        self.wait_serving(2)
+
+    def wait_serving(self, count: int) -> None:
+        """Until ``count`` workers have installed their signal handlers and serve."""
+        eventually(lambda: self.log().count("worker serving (pid") >= count)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -145,6 +150,7 @@ def test_a_killed_worker_is_replaced(fake: FakeDaemon, sockdir: Path) -> None:
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
         eventually(lambda: len(workers.children()) == 2 and victim not in workers.children())
+        workers.wait_serving(3)
         replacement = workers.children() - first
         assert len(replacement) == 1
         assert serving_pids(workers, "/_ping", 2) == workers.children()

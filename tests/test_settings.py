@@ -64,7 +64,9 @@ def test_listen_may_be_repeated_or_comma_separated() -> None:
 @pytest.mark.parametrize(("env", "expected"), [
     ({"DOCKGATE_LISTEN": "127.0.0.1:2375"},
      "DOCKGATE_LISTEN='127.0.0.1:2375' is invalid: '127.0.0.1:2375' must start with tcp://"),
-    ({"DOCKGATE_HEADER_TIMEOUT": "0"}, "DOCKGATE_HEADER_TIMEOUT='0' is invalid: must be greater"),
+    ({"DOCKGATE_HEADER_TIMEOUT": "0"}, "DOCKGATE_HEADER_TIMEOUT='0' is invalid: must be a finite"),
+    ({"DOCKGATE_HEADER_TIMEOUT": "nan"}, "DOCKGATE_HEADER_TIMEOUT='nan' is invalid: must be "),
+    ({"DOCKGATE_IDLE_TIMEOUT": "inf"}, "DOCKGATE_IDLE_TIMEOUT='inf' is invalid: must be "),
     ({"DOCKGATE_MAX_HEADER_BYTES": "lots"}, "DOCKGATE_MAX_HEADER_BYTES='lots' is invalid"),
     ({"DOCKGATE_SOCKET_MODE": "999"}, "DOCKGATE_SOCKET_MODE='999' is invalid"),
     ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL='verbose' is invalid: must be one of debug"),

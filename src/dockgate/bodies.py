@@ -4,9 +4,13 @@ Theory of operation. dockerd decodes ``POST /containers/create`` with Go's
 ``encoding/json``, so this module reads the body the same way before a policy
 judges it, or refuses to judge it:
 
-- field names match case-insensitively (``hostconfig`` is ``HostConfig``; Go's
-  folding also maps the long s U+017F to ``s`` and the Kelvin sign U+212A to ``k``:
-  ``casefold`` covers both), and the last duplicate wins whatever its case,
+- field names match ignoring ASCII case (``hostconfig`` is ``HostConfig``); Go
+  also folds the long s U+017F onto ``s`` and the Kelvin sign U+212A onto ``k``,
+  and nothing else onto ASCII (``casefold`` would wrongly fold ligatures: the
+  daemon skips a ``HostConﬁg`` key, so it must not override ``HostConfig``);
+  a key with a dotless or dotted i is refused (Go >= 1.21 folds it onto ``i``,
+  older Go does not, so its meaning depends on the daemon's build); the last
+  duplicate wins whatever its case,
   except that a repeated object merges into the first (Go decodes it into the
   same struct);
 - ``null`` leaves a bool/string field as it was in Go, so a later ``null`` never
@@ -31,9 +35,10 @@ from typing import Any
 CHECKS = ("privileged", "host-mounts", "host-namespaces", "capabilities", "devices",
           "security-options", "root-user")
 
+# Both used with fullmatch: Python's "$" would also match before a trailing newline.
 # Docker's rule for named volumes (volume/local: validName without the length rule).
-_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
-_NUMERIC_USER = re.compile(r"^([0-9]+)(:[0-9]+)?$")
+_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+_NUMERIC_USER = re.compile(r"([0-9]+)(:[0-9]+)?")
 _NAMESPACE_FIELDS = {
     # field (folded) -> values that keep the container in its own namespace
     "pidmode": frozenset({"", "private"}),
@@ -49,8 +54,19 @@ class UnparseableError(ValueError):
     """The body cannot be judged; the policy denies it."""
 
 
+# encoding/json: ASCII case, plus U+017F and U+212A (equalFoldRight before Go 1.21,
+# unicode.ToUpper(unicode.ToLower(r)) since); no other rune folds onto ASCII.
+_GO_FOLD = str.maketrans({**{chr(c): chr(c + 32) for c in range(ord("A"), ord("Z") + 1)},
+                          "\u017f": "s", "\u212a": "k"})
+# Go >= 1.21 folds these onto "i"; earlier versions keep them apart.
+_BUILD_DEPENDENT = frozenset("\u0131\u0130")
+
+
 def _fold(key: str) -> str:
-    return key.casefold()
+    if not _BUILD_DEPENDENT.isdisjoint(key):
+        raise UnparseableError(f"the field name {key!r} means different fields to "
+                               "different Go versions")
+    return key.translate(_GO_FOLD)
 
 
 def _set(target: dict[str, Any], key: str, value: Any) -> None:
@@ -127,7 +143,7 @@ def _privileged(hc: dict[str, Any]) -> str | None:
 def _host_mounts(hc: dict[str, Any]) -> str | None:
     for bind in _list(hc.get("binds"), "HostConfig.Binds"):
         source = _string(bind, "HostConfig.Binds[]").split(":", 1)[0]
-        if not _VOLUME_NAME.match(source):
+        if not _VOLUME_NAME.fullmatch(source):
             return f"a host bind mount (HostConfig.Binds {bind!r})"
     for mount in _list(hc.get("mounts"), "HostConfig.Mounts"):
         if not isinstance(mount, dict):
@@ -156,6 +172,10 @@ def _host_namespaces(hc: dict[str, Any]) -> str | None:
         value = _string(hc.get(field), f"HostConfig.{field}")
         if value not in allowed:
             return f"shared namespace {value!r} (HostConfig.{field})"
+    # A legacy link copies the linked container's environment (often its secrets)
+    # into the new one: reaching into another container like container:<id> does.
+    if _list(hc.get("links"), "HostConfig.Links"):
+        return "links to another container (HostConfig.Links copies its environment)"
     return None
 
 
@@ -200,7 +220,7 @@ def _root_user(doc: dict[str, Any]) -> str | None:
     # A user name could map to uid 0 in the image's /etc/passwd: only a numeric,
     # non-zero uid proves the process is not root ("00", "0:0" are root too).
     user = _string(doc.get("user"), "User")
-    numeric = _NUMERIC_USER.match(user)
+    numeric = _NUMERIC_USER.fullmatch(user)
     if numeric is None or int(numeric.group(1), 10) == 0:
         return f"running as root or an unverifiable user (User {user!r}; write a numeric uid)"
     return None

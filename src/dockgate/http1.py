@@ -57,9 +57,12 @@ _CHUNK_SIZE: Final = re.compile(
     rb"([0-9A-Fa-f]{1,16})(?:;" + _TOKEN + rb'(?:=(?:' + _TOKEN + rb'|"[^"\r\n]*"))?)*'
 )
 _BARE_LF: Final = re.compile(rb"(?<!\r)\n")
-_OBS_FOLD: Final = re.compile(rb"\r\n[ \t]")
-_DIGITS: Final = re.compile(rb"[0-9]{1,18}")
 _MAX_CHUNK_LINE: Final = 4096  # a size line longer than this is not a Docker client
+
+
+def _digits(value: bytes) -> bool:
+    """1-18 ASCII digits (bytes.isdigit knows no other digits); more would overflow."""
+    return value.isdigit() and len(value) <= 18
 
 
 class NeedData:
@@ -331,9 +334,11 @@ class RequestReader:
         if size > self.max_header_bytes:
             raise HeadersTooLarge(f"request head larger than {self.max_header_bytes} bytes")
         raw = buf[pos:end + 4]
-        if _BARE_LF.search(raw):
+        # Substring counts instead of the regexes: same tests, half the cost per request.
+        # Every LF belongs to a CRLF exactly when there are as many CRLFs as LFs.
+        if raw.count(b"\n") != raw.count(b"\r\n"):
             raise ProtocolError("malformed request: bare LF line ending")
-        if _OBS_FOLD.search(raw):
+        if b"\r\n " in raw or b"\r\n\t" in raw:
             raise ProtocolError("malformed request: obsolete line folding in a header")
         head = self._parse_head(raw)
         self._pos = end + 4
@@ -397,7 +402,7 @@ def _frame(method: str, target: str, version: str, headers: Headers, size: int) 
         if key == b"content-length":
             if content_length is not None:
                 raise ProtocolError("duplicate Content-Length")
-            if not _DIGITS.fullmatch(value):
+            if not _digits(value):
                 raise ProtocolError("invalid Content-Length")
             content_length = int(value)
         elif key == b"transfer-encoding":
@@ -589,7 +594,7 @@ class ResponseReader:
                 if key == b"content-type" and not content_type:
                     content_type = value.split(b";")[0].strip().lower()
             elif key == b"content-length":
-                if not _DIGITS.fullmatch(value) or (
+                if not _digits(value) or (
                         content_length is not None and content_length != int(value)):
                     raise UpstreamError("dockgate: the daemon sent an invalid Content-Length")
                 content_length = int(value)

@@ -94,7 +94,7 @@ def _env_names(env: Mapping[str, str], variable: str) -> frozenset[str]:
         raise ConfigError(f"{variable}={raw!r} is invalid: name at least one container, "
                           f"comma-separated")
     for name in names:
-        if not CONTAINER_NAME.match(name):
+        if not CONTAINER_NAME.fullmatch(name):
             raise ConfigError(f"{variable}={raw!r} is invalid: {name!r} is not a container "
                               "name (exact names only: letters, digits, _ . -; no leading /, "
                               "no patterns)")

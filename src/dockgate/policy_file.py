@@ -214,7 +214,7 @@ class _Compiler:
                         raise self.source.error(item, f"container name {name!r} contains a "
                                                 "pattern character; names match exactly, put "
                                                 "patterns under globs:")
-                    if not CONTAINER_NAME.match(name):
+                    if not CONTAINER_NAME.fullmatch(name):
                         raise self.source.error(item, f"{name!r} is not a container name "
                                                 "(letters, digits, _ . -; no leading /)")
                     names.add(name)
@@ -256,6 +256,10 @@ class _Compiler:
                     raise self.source.error(item, f"unknown create constraint {check!r}"
                                             f"{suggest(check, bodies.CHECKS)}; known: all, "
                                             f"{', '.join(bodies.CHECKS)}")
+        if not deny:
+            # An empty create: would pass for a constrained grant while allowing any body.
+            raise self.source.error(node, "create: constrains nothing; write deny: [all] "
+                                    "(or a list of constraints)")
         return frozenset(deny)
 
     def client(self, node: yaml.Node, policies: Mapping[str, Policy]) -> ClientRule:

@@ -24,7 +24,8 @@ from fnmatch import fnmatchcase
 from dockgate.decision import Client
 
 # Docker's own rule for container names (daemon/names: RestrictedNameChars).
-CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+# Used with fullmatch: Python's "$" would also match before a trailing newline.
+CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 GLOB_CHARS = frozenset("*?[")
 
 
@@ -71,6 +72,18 @@ def primary_name(names: object) -> str | None:
     return None
 
 
+# How Docker Hub references may be spelled; the docker CLI shows them without.
+_HUB_PREFIXES = ("docker.io/library/", "index.docker.io/library/", "docker.io/",
+                 "index.docker.io/")
+
+
+def _without_hub_prefix(name: str) -> str:
+    for prefix in _HUB_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
 def normalize_image(reference: str) -> str:
     """``nginx`` → ``nginx:latest``; ``docker.io/library/x:1`` → ``x:1``; digests kept."""
     ref = reference.strip()
@@ -78,12 +91,7 @@ def normalize_image(reference: str) -> str:
     last = name.rsplit("/", 1)[-1]
     if ":" not in last and not at:
         name += ":latest"
-    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/",
-                   "index.docker.io/"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    return f"{name}{at}{digest}"
+    return f"{_without_hub_prefix(name)}{at}{digest}"
 
 
 def image_matches(reference: str, patterns: tuple[str, ...]) -> bool:
@@ -100,11 +108,7 @@ def image_matches(reference: str, patterns: tuple[str, ...]) -> bool:
 
 def normalize_pattern(pattern: str) -> str:
     """Image patterns are written like references; drop ``docker.io/library/``."""
-    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/",
-                   "index.docker.io/"):
-        if pattern.startswith(prefix):
-            return pattern[len(prefix):]
-    return pattern
+    return _without_hub_prefix(pattern)
 
 
 # Linux signal numbers, for "9" == "KILL" == "SIGKILL" (dockerd's signal.ParseSignal

@@ -12,6 +12,7 @@ the ``DOCKGATE_`` prefix. The access-policy variables (``CONTAINERS``, ``POST``,
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +40,9 @@ def _text(value: str) -> str:
 
 def _positive_float(value: str) -> float:
     number = float(value)
-    if number <= 0:
-        raise ValueError("must be greater than 0")
+    # float() also reads "nan" and "inf": neither is a usable number of seconds.
+    if not 0 < number < math.inf:
+        raise ValueError("must be a finite number greater than 0")
     return number
 
 

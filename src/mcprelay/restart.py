@@ -206,7 +206,6 @@ class Restarter:
             self.sleep(self.options.poll_interval)
 
     def wait_healthy(self, url: str, deadline: float) -> None:
-        last = "no answer yet"
         while True:
             last = probe_health(url)
             if last == "ok":
