@@ -187,6 +187,12 @@ def test_restart_only_policy_restarts_gw_by_every_reference_and_refuses_everythi
         before = after
         api.restart(reference, timeout=0)
     assert started_at(docker_client, gw.name) != before
+    # The audit log shows what each reference was pinned to: gw's full ID, every time.
+    restarts = [json.loads(line) for line in proxy.log().splitlines()
+                if line.startswith("{") and '"operation":"container.restart"' in line]
+    assert [r["resource"]["container"] for r in restarts] == [gw.name, gw.name, gw.id,
+                                                               gw.id[:12]]
+    assert {r["forwarded"].split("/containers/")[1].split("/")[0] for r in restarts} == {gw.id}
 
     state = snapshot(docker_client)
     out_of_scope = None

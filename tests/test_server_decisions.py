@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import pytest
 
-from dockgate.decision import Allow, Client, Decision, Deny, Facts, NeedFacts, Request
+from dockgate.decision import Allow, Client, Decision, Deny, DenyAll, Facts, NeedFacts, Request
 from fakedaemon import (
     FakeConnection,
     FakeDaemon,
@@ -266,4 +267,22 @@ def test_a_faulty_decider_denies_with_500_and_forwards_nothing(
                      "POST", "/")
     assert reply.status == 500
     assert reply.json() == {"message": "dockgate: internal error deciding this request"}
+    assert fake.received == b""
+
+
+def test_a_client_still_sending_a_denied_body_reads_the_denial(fake: FakeDaemon) -> None:
+    """A denied `docker build` streams on after the 403: it must read why, not get a reset."""
+    body = b"x" * (8 * 1024 * 1024)
+    with run_proxy(f"unix://{fake.path}", DenyAll()) as proxy, connect(proxy.port) as sock:
+        sock.sendall(b"POST /build HTTP/1.1\r\nHost: d\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:65536])
+        time.sleep(0.3)  # the proxy has answered and closed its side by now
+        sock.sendall(body[65536:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        client_port = sock.getsockname()[1]
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert b"Connection: close" in answer
+    assert answer.endswith(b"no policy grants anything to tcp:127.0.0.1:%d\"}\n" % client_port)
     assert fake.received == b""

@@ -125,6 +125,12 @@ def configure(level: str, fmt: str) -> None:
                            else None)
 
 
+def flush() -> None:
+    """Write the pending audit lines now: the process is about to exit."""
+    if _destination.writer is not None:
+        _destination.writer.flush()
+
+
 def audit_to(writer: AuditWriter | None) -> None:
     """Send audit lines to ``writer`` (None: nowhere), whatever the log level."""
     _destination.writer = writer

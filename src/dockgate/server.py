@@ -90,6 +90,7 @@ MAX_JSON_LINE: Final = 1024 * 1024  # one event of a filtered JSON-lines stream
 RAW_STREAM_TYPES: Final = (b"application/vnd.docker.raw-stream",
                            b"application/vnd.docker.multiplexed-stream")
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER_SECONDS: Final = 2.0  # how long a refused client may go on sending its body
 _RAW_KINDS: Final = (routes.Stream.HIJACK, routes.Stream.UPGRADE, routes.Stream.WEBSOCKET)
 
 
@@ -425,6 +426,8 @@ class ClientConnection(asyncio.Protocol):
         self._raw_done: asyncio.Future[None] | None = None
         self._raw_eofs: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self.linger = False      # answered a request without reading its body: see _linger
+        self.lingering = False   # discarding what the client still sends, before closing
 
     # asyncio.Protocol --------------------------------------------------------------------
 
@@ -444,6 +447,8 @@ class ClientConnection(asyncio.Protocol):
             self.bytes_in += len(data)
             if self.upstream is not None:
                 self.upstream.write(data)
+            return
+        if self.lingering:
             return
         self.reader.feed(data)
         if self.reader.buffered > HIGH_WATER:
@@ -582,12 +587,40 @@ class ClientConnection(asyncio.Protocol):
                 if not await self._handle(head):
                     break
                 self.reader.start_next()
+            if self.linger and not self.lost:
+                await self._linger()
         except Exception:
             log.exception("internal error on a connection from %s", self.client.describe())
             self.abort()
         finally:
             if self.transport is not None:
                 self.transport.close()
+
+    async def _linger(self) -> None:
+        """Close gently after answering a request whose body was never read.
+
+        Closing a socket with unread data makes the kernel send RST, and a client
+        still sending its body (a denied ``docker build`` streams its context) then
+        gets "connection reset" instead of the 403 that says why. So: half-close our
+        side after the answer, discard what the client still sends, and close when it
+        closes, or after LINGER_SECONDS at the most.
+        """
+        self.lingering = True
+        for reason in tuple(self._paused_for):
+            self._resume(reason)
+        transport = self.transport
+        if transport is not None and transport.can_write_eof():
+            # uvloop raises RuntimeError from write_eof on a closing transport.
+            with contextlib.suppress(RuntimeError, OSError):
+                transport.write_eof()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_SECONDS
+        while not (self.eof or self.lost):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait(), remaining)
 
     async def _read_head(self) -> http1.RequestHead | None:
         settings = self.proxy.settings
@@ -692,6 +725,8 @@ class ClientConnection(asyncio.Protocol):
                                       close=True), error.status
         request = Request(head.method, target, match)
         record["operation"] = match.operation if match is not None else None
+        if match is not None and match.params:
+            record["resource"] = dict(match.params)
         facts = NO_FACTS
         body: bytes | None = None
         decider = self.proxy.decider
@@ -724,6 +759,8 @@ class ClientConnection(asyncio.Protocol):
             return self._answer_error(decision.status, decision.message, head,
                                       close=unread_body), decision.status
         record["decision"] = "allow"
+        if decision.target is not None:
+            record["forwarded"] = decision.target  # the pinned target (resolved full ID)
         if decision.target is not None and not _valid_target(decision.target):
             # Deciders are ours, but a rewritten target is a header line: never trust it blind.
             log.error("decider %s returned an invalid target %r", decider.name,
@@ -959,6 +996,8 @@ class ClientConnection(asyncio.Protocol):
         if head is None or head.method != "HEAD":
             data += body
         self.write(data)
+        # A request with a body answered before it was all read: close gently.
+        self.linger = not keep and head is not None and head.has_body
         return keep
 
 
@@ -1041,7 +1080,7 @@ class Exchange:
                 self._fail("dockgate: the daemon switched protocols for a request that "
                            "did not ask for it")
                 return
-            headers = response.end_to_end
+            headers = response.end_to_end  # this response's own list, free to extend
             headers += [(b"Connection", b"Upgrade"),
                         (b"Upgrade", response.get(b"upgrade") or self.upgrade)]
             self._switch(response, headers)
@@ -1231,6 +1270,7 @@ def run(settings: Settings, decider: Decider,
     raise_fd_limit()
     if settings.workers == 1:
         result: int = uvloop.run(serve(settings, decider, reload))
+        logs.flush()
         return result
     if settings.metrics_listen:
         # Each worker would count its own share behind one port only one of them can
@@ -1322,6 +1362,7 @@ class Supervisor:
         except BaseException:
             log.exception("worker %d failed", slot)
         finally:
+            logs.flush()
             logging.shutdown()
             os._exit(code)
 
