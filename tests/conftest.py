@@ -26,6 +26,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from fakedaemon import FakeDaemon
+
 DOCKER_SOCKET = os.environ.get("DOCKGATE_TEST_SOCKET", "/var/run/docker.sock")
 BUSYBOX_IMAGE = "dockgate-test/busybox:latest"
 NAME_PREFIX = "dgtest-"
@@ -212,3 +214,18 @@ def start_dockgate(tmp_path: Path) -> Iterator[StartDockgate]:
     yield start
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short directory for unix sockets (their paths must stay under 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="dg-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def fake(sockdir: Path) -> Iterator[FakeDaemon]:
+    """A fake daemon on a unix socket in ``sockdir``, answering 200 JSON unless told otherwise."""
+    with FakeDaemon(sockdir / "fake.sock") as daemon:
+        yield daemon

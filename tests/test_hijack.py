@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable
 
 from fakedaemon import (
     FakeConnection,
@@ -30,15 +25,6 @@ from fakedaemon import (
 )
 
 EXEC_BODY = b'{"Detach":false,"Tty":false}'
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeDaemon]:
-    """A fake daemon on a short unix socket path."""
-    path = Path(tempfile.mkdtemp(prefix="dg-", dir="/tmp"))
-    with FakeDaemon(path / "fake.sock") as daemon:
-        yield daemon
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def read_head(sock: socket.socket) -> tuple[bytes, bytes]:

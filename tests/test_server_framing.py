@@ -8,12 +8,9 @@ chunked request bodies, big bodies both ways, backpressure and timeouts.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,21 +30,6 @@ from fakedaemon import (
     read_replies,
     run_proxy,
 )
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A short directory for unix sockets (paths must stay under 108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="dg-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def fake(sockdir: Path) -> Iterator[FakeDaemon]:
-    """A fake daemon answering 200 JSON to everything."""
-    with FakeDaemon(sockdir / "fake.sock") as daemon:
-        yield daemon
 
 
 def echo_target(request: Received, conn: FakeConnection) -> bool:

@@ -6,17 +6,14 @@ import datetime
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,21 +37,6 @@ from fakedaemon import (
     read_replies,
     run_proxy,
 )
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A short directory for unix sockets and certificates."""
-    path = Path(tempfile.mkdtemp(prefix="dg-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def fake(sockdir: Path) -> Iterator[FakeDaemon]:
-    """A fake daemon answering 200 JSON."""
-    with FakeDaemon(sockdir / "fake.sock") as daemon:
-        yield daemon
 
 
 class Recorder(AllowAll):

@@ -7,35 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from conftest import free_port, wait_for_port
 from fakedaemon import FakeDaemon, connect, read_replies
 
 PING_ONLY = "policies:\n  p: {grants: [{allow: [system.ping]}]}\ndefault: p\n"
 VERSION_ONLY = "policies:\n  p: {grants: [{allow: [system.version]}]}\ndefault: p\n"
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A short directory for unix sockets, the policy file and the log."""
-    path = Path(tempfile.mkdtemp(prefix="dg-", dir="/tmp"))
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
-
-
-@pytest.fixture
-def fake(sockdir: Path) -> Iterator[FakeDaemon]:
-    """A fake daemon answering 200 JSON."""
-    with FakeDaemon(sockdir / "fake.sock") as daemon:
-        yield daemon
 
 
 class Workers:

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from dockgate.errors import ConfigError
 from dockgate.upstream import Upstream
 from fakedaemon import FakeDaemon, connect, read_replies, run_proxy
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeDaemon]:
-    """A fake daemon on a short unix socket path."""
-    path = Path(tempfile.mkdtemp(prefix="dg-", dir="/tmp"))
-    with FakeDaemon(path / "fake.sock") as daemon:
-        yield daemon
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def ping(port: int) -> int:

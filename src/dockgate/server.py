@@ -1213,11 +1213,7 @@ async def serve(settings: Settings, decider: Decider,
     try:
         await proxy.start(bound)
     except OSError as error:
-        problem = str(error)
-    else:
-        problem = ""
-    if problem:
-        log.error("cannot listen: %s", problem)
+        log.error("cannot listen: %s", error)
         return 1
     if settings.metrics_listen:
         metrics.serve(settings.metrics_listen)
@@ -1283,11 +1279,7 @@ def run(settings: Settings, decider: Decider,
     try:
         bound = bind_listeners(settings, listeners)
     except OSError as error:
-        problem = str(error)
-    else:
-        problem = ""
-    if problem:
-        log.error("cannot listen: %s", problem)
+        log.error("cannot listen: %s", error)
         return 1
     log.info("listening on %s, forwarding to %s, decisions by %s, %d workers",
              ", ".join(name for entry in bound for name in entry.names),
