@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 
 from dockgate import __version__, compat, logs, policy, server, settings
@@ -86,6 +87,26 @@ def cmd_policy_lint(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def access_help() -> str:
+    """The access variables, for the ``serve``/``audit``/``check`` help (from the code)."""
+    tecnativa = compat.variables("tecnativa")
+    linuxserver = [name for name in compat.variables("linuxserver") if name not in tecnativa]
+    defaults = ", ".join(sorted(compat.defaults("tecnativa")))
+    return textwrap.dedent(f"""\
+        access (the first of these that is set decides):
+          --policy FILE | --policy preset:NAME
+              a least-privilege policy file (docs/policies.md)
+          {policy.RESTART_VARIABLE}=a,b
+              restart of exactly these containers, plus ping and version;
+              {policy.INSPECT_VARIABLE}=a,b adds inspect of them
+          Tecnativa's variables, on only as a non-zero integer (1) as HAProxy reads
+          them; {defaults} are on by default:
+        """) + textwrap.fill(" ".join(tecnativa), width=78, initial_indent="      ",
+                             subsequent_indent="      ") + "\n" + textwrap.fill(
+        "with --compat linuxserver also: " + " ".join(linuxserver), width=78,
+        initial_indent="      ", subsequent_indent="      ") + "\n"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dockgate", description=DESCRIPTION,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,7 +115,9 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the proxy",
                            description="Run the proxy until SIGTERM/SIGINT; SIGHUP reloads "
-                           "the policy (an invalid new policy keeps the old one).")
+                           "the policy (an invalid new policy keeps the old one).",
+                           epilog=access_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     settings.add_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
 

@@ -39,24 +39,36 @@ def _text(value: str) -> str:
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
+    problem = "must be a finite number greater than 0"
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(problem) from None
     # float() also reads "nan" and "inf": neither is a usable number of seconds.
     if not 0 < number < math.inf:
-        raise ValueError("must be a finite number greater than 0")
+        raise ValueError(problem)
     return number
 
 
 def _positive_int(value: str) -> int:
-    number = int(value, 10)
+    problem = "must be a whole number greater than 0"
+    try:
+        number = int(value, 10)
+    except ValueError:
+        raise ValueError(problem) from None
     if number <= 0:
-        raise ValueError("must be a whole number greater than 0")
+        raise ValueError(problem)
     return number
 
 
 def _octal_mode(value: str) -> int:
-    mode = int(value, 8)
+    problem = "must be an octal file mode such as 660"
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ValueError(problem) from None
     if not 0 <= mode <= 0o777:
-        raise ValueError("must be an octal file mode such as 660")
+        raise ValueError(problem)
     return mode
 
 
