@@ -29,7 +29,6 @@ escapes.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -615,20 +614,6 @@ class ResponseReader:
             keep_alive = False
         return ResponseHead(status, reason, version, headers, content_length, chunked,
                             keep_alive, has_body, _end_to_end(kept, connection), content_type)
-
-
-def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """The end-to-end fields of ``headers`` (RFC 9110 7.6.1), Connection-named ones too."""
-    kept: list[tuple[bytes, bytes, bytes]] = []
-    named: set[bytes] = set()
-    for name, value in headers:
-        key = name.lower()
-        if key in HOP_BY_HOP or key.startswith(b"proxy-"):
-            if key == b"connection":
-                named |= _tokens(value)
-            continue
-        kept.append((key, name, value))
-    return [(name, value) for key, name, value in kept if key not in named]
 
 
 def request_head(method: str, target: str, headers: Headers) -> bytes:
