@@ -105,3 +105,10 @@ def test_help_names_every_environment_variable() -> None:
     text = " ".join(parser.format_help().split())
     for name in settings.env_names():
         assert f"env {name}" in text
+
+
+def test_metrics_with_several_workers_is_refused_when_settings_load() -> None:
+    """Checked with the other settings, so serve, audit and check all refuse it alike."""
+    with pytest.raises(ConfigError, match="--metrics-listen works with one worker only"):
+        parse(["--workers", "2", "--metrics-listen", "127.0.0.1:9102"])
+    assert parse(["--metrics-listen", "127.0.0.1:9102"]).workers == 1

@@ -1268,13 +1268,6 @@ def run(settings: Settings, decider: Decider,
         result: int = uvloop.run(serve(settings, decider, reload))
         logs.flush()
         return result
-    if settings.metrics_listen:
-        # Each worker would count its own share behind one port only one of them can
-        # bind; aggregating needs prometheus_client's multiprocess mode (a file per
-        # process and metric, rewritten on every request), which is not worth its
-        # cost on the hot path here.
-        raise ConfigError("--metrics-listen works with one worker only "
-                          "(set DOCKGATE_WORKERS=1 to collect metrics)")
     listeners = [Listener(url) for url in settings.listeners]
     try:
         bound = bind_listeners(settings, listeners)

@@ -259,6 +259,13 @@ def load(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
     ):
         raise ConfigError("a tls:// listener needs --tls-cert and --tls-key "
                           "(DOCKGATE_TLS_CERT, DOCKGATE_TLS_KEY)")
+    if settings.metrics_listen and settings.workers > 1:
+        # Each worker would count its own share behind one port only one of them can
+        # bind; aggregating needs prometheus_client's multiprocess mode (a file per
+        # process and metric, rewritten on every request), which is not worth its
+        # cost on the hot path here.
+        raise ConfigError("--metrics-listen works with one worker only "
+                          "(set DOCKGATE_WORKERS=1 to collect metrics)")
     return settings
 
 
