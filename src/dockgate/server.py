@@ -367,12 +367,10 @@ class Proxy:
         try:
             decider = build()
         except ConfigError as error:
-            problem = str(error)
-        else:
-            self.decider = decider
-            log.info("reloaded: decisions now by %s", decider.name)
+            log.error("reload failed, keeping the current policy: %s", error)
             return
-        log.error("reload failed, keeping the current policy: %s", problem)
+        self.decider = decider
+        log.info("reloaded: decisions now by %s", decider.name)
 
     def check_quiet(self) -> None:
         """During shutdown: note when no plain request is in flight any more."""
