@@ -103,8 +103,8 @@ def test_help_names_every_environment_variable() -> None:
     parser = argparse.ArgumentParser()
     settings.add_arguments(parser)
     text = " ".join(parser.format_help().split())
-    for name in settings.env_names():
-        assert f"env {name}" in text
+    for setting in settings.TABLE:
+        assert f"env {setting.env}" in text
 
 
 def test_metrics_with_several_workers_is_refused_when_settings_load() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,7 +287,3 @@ def _parse(setting: Setting, raw: str, source: str) -> Any:
         return setting.parse(raw)
     except ValueError as error:
         raise ConfigError(f"{source}={raw!r} is invalid: {error}") from None
-
-
-def env_names() -> Sequence[str]:
-    return [setting.env for setting in TABLE]
