@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from dockgate import http1, logs, metrics, routes
+from dockgate import http1, logs, metrics, routes, systemd
 from dockgate.decision import (
     NO_FACTS,
     Allow,
@@ -144,6 +144,9 @@ class Listener:
         parts = urlsplit(url)
         self.kind = parts.scheme
         self.path = parts.path if self.kind == "unix" else ""
+        if self.kind == "fd":  # sockets inherited from systemd; see systemd.py
+            self.host, self.port = "", 0
+            return
         if self.kind == "unix":
             self.host = ""
             self.port = 0
@@ -207,8 +210,13 @@ def bind_listeners(settings: Settings, listeners: list[Listener]) -> list[BoundL
     serve the same sockets (see ``Supervisor``).
     """
     bound: list[BoundListener] = []
+    inherited = systemd.Inherited.from_env(os.environ, os.getpid())
     try:
         for listener in listeners:
+            if listener.kind == "fd":
+                bound.extend(BoundListener(Listener(url), [sock], None, [url])
+                             for url, sock in inherited.claim(listener.url))
+                continue
             context = _tls_context(settings) if listener.kind == "tls" else None
             if listener.kind == "unix":
                 sockets = [_bind_unix(settings, listener.path)]
@@ -221,7 +229,9 @@ def bind_listeners(settings: Settings, listeners: list[Listener]) -> list[BoundL
                 names = [f"{listener.kind}://{name[0]}:{name[1]}"
                          for name in (sock.getsockname() for sock in sockets)]
             bound.append(BoundListener(listener, sockets, context, names))
+        inherited.check_all_claimed()
     except BaseException:
+        inherited.close()
         close_listeners(bound)
         raise
     return bound
@@ -1260,6 +1270,7 @@ async def serve(settings: Settings, decider: Decider,
     if bound is None:
         log.info("listening on %s, forwarding to %s, decisions by %s",
                  ", ".join(proxy.bound), settings.upstream_url, decider.name)
+        systemd.notify(f"READY=1\nSTATUS=listening on {', '.join(proxy.bound)}")
     else:
         # The supervisor forked us with its signals blocked: what arrived while we
         # started (a SIGHUP right after the fork) is delivered to the handlers now,
@@ -1269,6 +1280,8 @@ async def serve(settings: Settings, decider: Decider,
         log.info("worker serving (pid %d)", os.getpid())
     await stop.wait()
     log.info("shutting down")
+    if bound is None:
+        systemd.notify("STOPPING=1")
     await proxy.shutdown()
     return 0
 
@@ -1311,6 +1324,7 @@ def run(settings: Settings, decider: Decider,
     log.info("listening on %s, forwarding to %s, decisions by %s, %d workers",
              ", ".join(name for entry in bound for name in entry.names),
              settings.upstream_url, decider.name, settings.workers)
+    systemd.notify("READY=1")  # connections queue on the bound sockets until a worker accepts
     try:
         return Supervisor(settings, decider, reload, bound).run()
     finally:
@@ -1388,6 +1402,7 @@ class Supervisor:
     def _on_signal(self, signo: int) -> None:
         if signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
             log.info("shutting down %d workers", len(self.workers))
+            systemd.notify("STOPPING=1")
             self.stopping = True
             self.waiting.clear()
             self._send(signal.SIGTERM)

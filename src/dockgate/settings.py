@@ -105,8 +105,8 @@ FALSE_WORDS = ("", "0", "false", "no")
 def _listen_list(value: str) -> tuple[str, ...]:
     items = tuple(part.strip() for part in value.split(",") if part.strip())
     for item in items:
-        if not item.startswith(("tcp://", "unix://", "tls://")):
-            raise ValueError(f"{item!r} must start with tcp://, tls:// or unix://")
+        if not item.startswith(("tcp://", "unix://", "tls://", "fd://")):
+            raise ValueError(f"{item!r} must start with tcp://, tls://, unix:// or fd://")
     return items
 
 
@@ -124,7 +124,8 @@ class Setting:
 TABLE: tuple[Setting, ...] = (
     Setting("listen", "DOCKGATE_LISTEN", "--listen", _listen_list, None,
             "where to accept clients, comma-separated or repeated: tcp://HOST:PORT, "
-            "tls://HOST:PORT (needs --tls-cert/--tls-key), unix:///PATH "
+            "tls://HOST:PORT (needs --tls-cert/--tls-key), unix:///PATH, fd:// or "
+            "fd://NAME (sockets from systemd socket activation) "
             "[default: tcp://[::]:2375, or tcp://0.0.0.0:2375 with DISABLE_IPV6]", "URL"),
     Setting("disable_ipv6", "DISABLE_IPV6", "--disable-ipv6", _yes_no, False,
             "listen on IPv4 only by default (1/true/yes)", "BOOL"),
