@@ -15,8 +15,8 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from dockgate import __version__, compat, logs, policy, server, settings
-from dockgate.decision import Decider
+from dockgate import __version__, compat, learnlog, logs, policy, policy_learn, server, settings
+from dockgate.decision import AllowAll, Decider
 from dockgate.errors import ConfigError
 
 log = logging.getLogger("dockgate")
@@ -40,7 +40,20 @@ examples:
 
 
 def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
-    """The decider the settings and environment ask for (ConfigError if invalid)."""
+    """The decider the settings and environment ask for (ConfigError if invalid).
+
+    In learn mode it is wrapped so that every request's container and body are
+    fetched for the recording; the verdicts stay those of the configured decider.
+    """
+    decider = _configured_decider(config, env)
+    return policy_learn.LearningDecider(decider) if config.learn else decider
+
+
+def _configured_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
+    if config.learn_allow_all:
+        log.warning("--learn-allow-all: forwarding EVERY request while recording to %s "
+                    "(root on the host)", config.learn)
+        return AllowAll()
     if config.policy:
         return policy.load_file(config.policy)
     from_env = policy.from_env(env)
@@ -58,6 +71,9 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
     decider = build_decider(config, env)
+    if config.learn:
+        # Fail before serving when the recording cannot be written.
+        learnlog.Recorder(config.learn, config.learn_max_bytes).close()
     if isinstance(decider, compat.TecnativaDecider):
         log.info("%s", compat.risk_report(env, config.compat, warnings=False).rstrip())
     return server.run(config, decider, reload=lambda: build_decider(config, env))

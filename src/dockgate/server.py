@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from dockgate import http1, logs, metrics, routes, systemd
+from dockgate import http1, learnlog, logs, metrics, routes, systemd
 from dockgate.decision import (
     NO_FACTS,
     Allow,
@@ -348,6 +348,7 @@ class Proxy:
         self.bound: list[str] = []
         self.owns_files = False
         self.quiet: asyncio.Event | None = None
+        self.recorder = learnlog.recorder(settings.learn, settings.learn_max_bytes)
 
     async def start(self, bound: list[BoundListener] | None = None) -> None:
         """Serve on ``bound`` (sockets a supervisor bound before forking), else bind now.
@@ -770,6 +771,8 @@ class ClientConnection(asyncio.Protocol):
             close = error.close_connection or (head.has_body and body is None)
             return self._answer_error(error.status, error.message, head, close), error.status
         record["rule"] = decision.rule
+        if self.proxy.recorder is not None:  # learn mode: the same facts, for the recording
+            self.proxy.recorder.observe(self.client, request, facts, decision)
         unread_body = head.has_body and body is None
         if isinstance(decision, Deny):
             record["decision"] = "deny"

@@ -102,6 +102,16 @@ TRUE_WORDS = ("1", "true", "yes")
 FALSE_WORDS = ("", "0", "false", "no")
 
 
+def _strict_bool(value: str) -> bool:
+    # For dockgate's own switches: a typo must not silently mean "off" (or "on").
+    lowered = value.strip().lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise ValueError("must be 1/true/yes or 0/false/no")
+
+
 def _listen_list(value: str) -> tuple[str, ...]:
     items = tuple(part.strip() for part in value.split(",") if part.strip())
     for item in items:
@@ -179,6 +189,17 @@ TABLE: tuple[Setting, ...] = (
             "requests)", "N"),
     Setting("metrics_listen", "DOCKGATE_METRICS_LISTEN", "--metrics-listen", _text, None,
             "HOST:PORT for Prometheus metrics (off when unset)", "HOST:PORT"),
+    Setting("learn", "DOCKGATE_LEARN", "--learn", _text, None,
+            "learn mode: append what each request used (client, operation, container, "
+            "body features; no secrets) as JSON lines to FILE, for `dockgate policy "
+            "suggest FILE`; decisions are unchanged", "FILE"),
+    Setting("learn_allow_all", "DOCKGATE_LEARN_ALLOW_ALL", "--learn-allow-all", _strict_bool,
+            False, "with --learn and no --policy: forward EVERY request while recording "
+            "(root on the host; only for a trusted client on a test machine)", "BOOL"),
+    Setting("learn_max_bytes", "DOCKGATE_LEARN_MAX_BYTES", "--learn-max-bytes",
+            _positive_int, 64 * 1024 * 1024,
+            "size at which the --learn file stops growing (recording stops, serving goes "
+            "on)", "BYTES"),
 )
 
 
@@ -206,6 +227,9 @@ class Settings:
     tls_ca: str | None
     workers: int
     metrics_listen: str | None
+    learn: str | None
+    learn_allow_all: bool
+    learn_max_bytes: int
 
     @property
     def listeners(self) -> tuple[str, ...]:
@@ -267,6 +291,12 @@ def load(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
         # cost on the hot path here.
         raise ConfigError("--metrics-listen works with one worker only "
                           "(set DOCKGATE_WORKERS=1 to collect metrics)")
+    if settings.learn_allow_all and not settings.learn:
+        raise ConfigError("--learn-allow-all (DOCKGATE_LEARN_ALLOW_ALL) forwards every "
+                          "request and exists only for recording: add --learn FILE")
+    if settings.learn_allow_all and settings.policy:
+        raise ConfigError("--learn-allow-all and --policy both decide requests: record "
+                          "under the policy (observe mode) or permissively, not both")
     return settings
 
 
