@@ -15,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from dockgate import __version__, compat, logs, policy, server, settings
+from dockgate import __version__, compat, danger, logs, policy, server, settings
 from dockgate.decision import Decider
 from dockgate.errors import ConfigError
 
@@ -41,13 +41,30 @@ examples:
 
 def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
     """The decider the settings and environment ask for (ConfigError if invalid)."""
+    decider, warnings = _decider(config, env)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return decider
+
+
+def _decider(config: settings.Settings, env: Mapping[str, str]) -> tuple[Decider, list[str]]:
     if config.policy:
-        return policy.load_file(config.policy)
+        return policy.load_file(config.policy), []
     from_env = policy.from_env(env)
     if from_env is not None:
-        return from_env
-    decider, warnings = compat.decider_from_env(env, config.compat)
-    for warning in warnings:
+        return from_env, []
+    return compat.decider_from_env(env, config.compat)
+
+
+def _announce(config: settings.Settings, env: Mapping[str, str], decider: Decider) -> Decider:
+    """Log what ``decider`` grants, dangers as WARNING lines (at start and after a reload)."""
+    if isinstance(decider, compat.TecnativaDecider):
+        log.info("%s", compat.risk_report(env, config.compat, warnings=False).rstrip())
+    elif isinstance(decider, policy.PolicyDecider):
+        log.info("%s", danger.policy_report(decider, ()).rstrip())
+    for warning in danger.decider_dangers(decider):
+        log.warning("%s", warning)
+    for warning in danger.exposure_warnings(config.listeners, decider):
         log.warning("%s", warning)
     return decider
 
@@ -57,15 +74,20 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     logs.configure(config.log_level, config.log_format)
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
-    decider = build_decider(config, env)
-    if isinstance(decider, compat.TecnativaDecider):
-        log.info("%s", compat.risk_report(env, config.compat, warnings=False).rstrip())
-    return server.run(config, decider, reload=lambda: build_decider(config, env))
+    decider = _announce(config, env, build_decider(config, env))
+    return server.run(config, decider,
+                      reload=lambda: _announce(config, env, build_decider(config, env)))
 
 
 def cmd_audit(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = settings.load(args, env)
-    print(compat.risk_report(env, config.compat), end="")
+    decider, _warnings = _decider(config, env)
+    if isinstance(decider, policy.PolicyDecider):
+        print(danger.policy_report(decider, config.listeners), end="")
+        return 0
+    report = compat.risk_report(env, config.compat)
+    listeners = danger.listener_report(config.listeners, decider)
+    print(report + "\n".join(listeners) + "\n", end="")
     return 0
 
 
@@ -121,10 +143,14 @@ def parser() -> argparse.ArgumentParser:
     settings.add_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
 
-    audit = sub.add_parser("audit", help="print what the Tecnativa variables really grant",
-                           description="Read the same variables as `serve` and print, in "
-                           "plain words, what they allow, flagging grants equivalent to root "
-                           "on the host. Serves nothing.")
+    audit = sub.add_parser("audit", help="print what serve would really grant",
+                           description="Build the decider `serve` would build (policy file "
+                           "or preset, ALLOW_RESTART_CONTAINERS, else the Tecnativa variables) "
+                           "and print, in plain words, what it allows, flagging grants that "
+                           "are root on the host or close to it and listeners other hosts "
+                           "reach in plain HTTP (DANGER lines). Serves nothing.",
+                           epilog=access_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     settings.add_arguments(audit)
     audit.set_defaults(handler=cmd_audit)
 
