@@ -15,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from dockgate import __version__, compat, danger, logs, policy, server, settings
+from dockgate import __version__, compat, danger, logs, metrics, policy, server, settings
 from dockgate.decision import Decider
 from dockgate.errors import ConfigError
 
@@ -75,8 +75,11 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
     decider = _announce(config, env, build_decider(config, env))
-    return server.run(config, decider,
-                      reload=lambda: _announce(config, env, build_decider(config, env)))
+    try:
+        return server.run(config, decider,
+                          reload=lambda: _announce(config, env, build_decider(config, env)))
+    finally:
+        metrics.cleanup()
 
 
 def cmd_audit(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -25,43 +25,12 @@ from urllib.parse import urlsplit
 
 from dockgate import compat
 from dockgate.decision import Decider
+from dockgate.hazards import CONSTRAINTS, DANGEROUS, ROOT, ROOT_CREATE_CHECKS
 from dockgate.policy_decider import CREATE_OPERATION, Grant, PolicyDecider
 
-ROOT = "root on the host"
-
-# The create constraints without which a create is root on the host: each one
-# alone lets a container reach the host (bodies.CHECKS names them).
-ROOT_CREATE_CHECKS = frozenset({"privileged", "host-mounts", "host-namespaces",
-                                "capabilities", "devices", "security-options"})
-
-# Operation -> what a client can do with it, in plain words.
-DANGEROUS: dict[str, str] = {
-    CREATE_OPERATION: f"creates containers with any body: a bind mount of / or privileged "
-                      f"mode is {ROOT}",
-    "exec.create": "runs any command as any user, privileged when asked, inside the "
-                   f"containers it covers: close to {ROOT}",
-    "volume.create": "creates volumes with driver options (o=bind,device=/ puts any host "
-                     f"path into a container): {ROOT}",
-    "container.archive.write": "writes files into containers (their programs, their "
-                               f"configuration): close to {ROOT}",
-    "image.build": "runs arbitrary build steps on the daemon, with host networking when "
-                   f"asked: close to {ROOT}",
-    "plugin.pull": f"installs plugins, which run with host privileges: {ROOT}",
-    "plugin.create": f"creates plugins, which run with host privileges: {ROOT}",
-    "plugin.enable": f"enables plugins, which run with host privileges: {ROOT}",
-    "plugin.upgrade": f"upgrades plugins, which run with host privileges: {ROOT}",
-    "plugin.set": f"changes plugin mounts and devices: close to {ROOT}",
-    "service.create": f"creates swarm services (containers with host mounts): {ROOT}",
-    "service.update": f"changes swarm services (containers with host mounts): {ROOT}",
-    "swarm.join": f"joins this node to a swarm whose managers then run containers here: {ROOT}",
-    "grpc": f"speaks gRPC to the daemon past its HTTP router: {ROOT}",
-}
-
-# Operation -> the grant attributes that, when set, mean its request bodies are judged.
-CONSTRAINTS: dict[str, tuple[str, ...]] = {
-    "exec.create": ("exec_deny",),
-    "volume.create": ("volume_deny",),
-}
+__all__ = ["DANGEROUS", "ROOT_CREATE_CHECKS", "allowed_note", "decider_dangers",
+           "exposed", "exposure_warnings", "grant_dangers", "listener_report",
+           "ping_warnings", "policy_dangers", "policy_report"]
 
 # Operations every Docker client needs before anything else: the docker CLI pings to
 # negotiate the API version; without it an allowed call still fails.
