@@ -188,7 +188,11 @@ TABLE: tuple[Setting, ...] = (
             "processes sharing the listeners (one per CPU core serves the most small "
             "requests)", "N"),
     Setting("metrics_listen", "DOCKGATE_METRICS_LISTEN", "--metrics-listen", _text, None,
-            "HOST:PORT for Prometheus metrics (off when unset)", "HOST:PORT"),
+            "HOST:PORT serving only /metrics (Prometheus; off when unset); --admin-listen "
+            "serves /metrics too", "HOST:PORT"),
+    Setting("admin_listen", "DOCKGATE_ADMIN_LISTEN", "--admin-listen", _text, None,
+            "HOST:PORT of the admin listener, outside every policy: /healthz (alive), "
+            "/readyz (the daemon answers /_ping), /metrics (off when unset)", "HOST:PORT"),
     Setting("learn", "DOCKGATE_LEARN", "--learn", _text, None,
             "learn mode: append what each request used (client, operation, container, "
             "body features; no secrets) as JSON lines to FILE, for `dockgate policy "
@@ -227,6 +231,7 @@ class Settings:
     tls_ca: str | None
     workers: int
     metrics_listen: str | None
+    admin_listen: str | None
     learn: str | None
     learn_allow_all: bool
     learn_max_bytes: int
@@ -284,13 +289,6 @@ def load(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
     ):
         raise ConfigError("a tls:// listener needs --tls-cert and --tls-key "
                           "(DOCKGATE_TLS_CERT, DOCKGATE_TLS_KEY)")
-    if settings.metrics_listen and settings.workers > 1:
-        # Each worker would count its own share behind one port only one of them can
-        # bind; aggregating needs prometheus_client's multiprocess mode (a file per
-        # process and metric, rewritten on every request), which is not worth its
-        # cost on the hot path here.
-        raise ConfigError("--metrics-listen works with one worker only "
-                          "(set DOCKGATE_WORKERS=1 to collect metrics)")
     if settings.learn_allow_all and not settings.learn:
         raise ConfigError("--learn-allow-all (DOCKGATE_LEARN_ALLOW_ALL) forwards every "
                           "request and exists only for recording: add --learn FILE")
