@@ -69,12 +69,38 @@ def _announce(config: settings.Settings, env: Mapping[str, str], decider: Decide
     return decider
 
 
+def known_variables() -> frozenset[str]:
+    """Every variable dockgate reads: settings, access variables, the env policy."""
+    return frozenset({setting.env for setting in settings.TABLE}
+                     | set(compat.variables("linuxserver"))
+                     | {policy.RESTART_VARIABLE, policy.INSPECT_VARIABLE})
+
+
+def env_warnings(config: settings.Settings, env: Mapping[str, str],
+                 decider: Decider) -> list[str]:
+    """Typos, and Tecnativa variables that a policy makes irrelevant."""
+    warnings = settings.typo_warnings(env, known_variables())
+    if not isinstance(decider, compat.TecnativaDecider):
+        ignored = [name for name in compat.variables(config.compat) if name in env]
+        if ignored:
+            why = (f"--policy {config.policy}" if config.policy else
+                   policy.RESTART_VARIABLE if policy.RESTART_VARIABLE in env
+                   else policy.INSPECT_VARIABLE)
+            warnings.append(f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} "
+                            f"set but ignored: {why} decides (the Tecnativa variables apply "
+                            "only without a policy file and without "
+                            f"{policy.RESTART_VARIABLE})")
+    return warnings
+
+
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = settings.load(args, env)
     logs.configure(config.log_level, config.log_format)
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
     decider = _announce(config, env, build_decider(config, env))
+    for warning in env_warnings(config, env, decider):
+        log.warning("%s", warning)
     try:
         return server.run(config, decider,
                           reload=lambda: _announce(config, env, build_decider(config, env)))
@@ -85,6 +111,8 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def cmd_audit(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = settings.load(args, env)
     decider, _warnings = _decider(config, env)
+    for warning in env_warnings(config, env, decider):
+        print(f"WARNING: {warning}")
     if isinstance(decider, policy.PolicyDecider):
         print(danger.policy_report(decider, config.listeners), end="")
         return 0
