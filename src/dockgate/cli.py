@@ -15,7 +15,18 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from dockgate import __version__, compat, danger, logs, metrics, policy, server, settings
+from dockgate import (
+    __version__,
+    bodies,
+    compat,
+    danger,
+    logs,
+    metrics,
+    policy,
+    probe,
+    server,
+    settings,
+)
 from dockgate.decision import Decider
 from dockgate.errors import ConfigError
 
@@ -56,8 +67,15 @@ def _decider(config: settings.Settings, env: Mapping[str, str]) -> tuple[Decider
     return compat.decider_from_env(env, config.compat)
 
 
-def _announce(config: settings.Settings, env: Mapping[str, str], decider: Decider) -> Decider:
-    """Log what ``decider`` grants, dangers as WARNING lines (at start and after a reload)."""
+def _announce(config: settings.Settings, env: Mapping[str, str], decider: Decider,
+              defaults: bodies.DaemonDefaults) -> Decider:
+    """Log what ``decider`` grants, dangers as WARNING lines (at start and after a reload).
+
+    ``defaults``: what the daemon does by default (from the startup probe), against
+    which create bodies are judged.
+    """
+    if isinstance(decider, policy.PolicyDecider):
+        decider.daemon_defaults = defaults
     if isinstance(decider, compat.TecnativaDecider):
         log.info("%s", compat.risk_report(env, config.compat, warnings=False).rstrip())
     elif isinstance(decider, policy.PolicyDecider):
@@ -98,12 +116,16 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     logs.configure(config.log_level, config.log_format)
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
-    decider = _announce(config, env, build_decider(config, env))
+    decider = build_decider(config, env)
     for warning in env_warnings(config, env, decider):
         log.warning("%s", warning)
+    problems, defaults = probe.daemon(config)
+    for warning in problems:
+        log.warning("%s", warning)
+    decider = _announce(config, env, decider, defaults)
     try:
-        return server.run(config, decider,
-                          reload=lambda: _announce(config, env, build_decider(config, env)))
+        return server.run(config, decider, reload=lambda: _announce(
+            config, env, build_decider(config, env), defaults))
     finally:
         metrics.cleanup()
 

@@ -86,12 +86,15 @@ class NeedFacts:
 
 
 class ResponseFilter(Protocol):
-    """Drops the items of a JSON list response or of a JSON-lines stream a client may not see."""
+    """Drops the items of a JSON list response or of a JSON-lines stream a client may not see;
+    in ``json-object`` mode, rewrites the one object a response holds (``rewrite``)."""
 
     @property
-    def mode(self) -> Literal["json-list", "json-lines"]: ...
+    def mode(self) -> Literal["json-list", "json-lines", "json-object"]: ...
 
     def keep(self, item: Mapping[str, Any]) -> bool: ...
+
+    def rewrite(self, item: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

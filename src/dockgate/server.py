@@ -1105,7 +1105,7 @@ class Exchange:
             if response.content_length is not None and (request.method == "HEAD"
                                                         or status == 304):
                 headers.append((b"Content-Length", b"%d" % response.content_length))
-        elif self.filter is not None and self.filter.mode == "json-list":
+        elif self.filter is not None and self.filter.mode in ("json-list", "json-object"):
             self.mode = "collect"
         elif self.filter is not None:
             self.mode = "lines" if client_11 else "lines-close"
@@ -1200,11 +1200,14 @@ class Exchange:
             items = json.loads(b"".join(self._collected)) if self._collected else []
         except ValueError:
             items = None
-        if not isinstance(items, list):
-            self._fail("dockgate: the daemon's answer is not the JSON list the policy filters")
+        if self.filter.mode == "json-object" and isinstance(items, dict):
+            body = json.dumps(self.filter.rewrite(items)).encode() + b"\n"
+        elif not isinstance(items, list):
+            self._fail("dockgate: the daemon's answer is not the JSON the policy filters")
             return
-        kept = [item for item in items if isinstance(item, dict) and self.filter.keep(item)]
-        body = json.dumps(kept).encode() + b"\n"
+        else:
+            kept = [item for item in items if isinstance(item, dict) and self.filter.keep(item)]
+            body = json.dumps(kept).encode() + b"\n"
         headers = [*self._headers, (b"Content-Length", b"%d" % len(body))]
         self.started = True
         self.out += (http1.response_head(self.status, headers), body)
