@@ -658,6 +658,13 @@ def response_head(status: int, headers: Headers, reason: bytes | None = None) ->
     return b"\r\n".join(lines)
 
 
+def closing_answer(status: int, body: bytes) -> bytes:
+    """A whole response that ends the connection (an error answered before any request)."""
+    return response_head(status, [(b"Content-Type", b"application/json"),
+                                  (b"Content-Length", b"%d" % len(body)),
+                                  (b"Connection", b"close")]) + body
+
+
 def chunk_header(size: int) -> bytes:
     return b"%x\r\n" % size
 
