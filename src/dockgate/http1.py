@@ -521,10 +521,10 @@ class ResponseReader:
             state = self._state
             if state == "head":
                 end = buf.find(b"\r\n\r\n", pos)
+                if (end if end >= 0 else len(buf)) - pos > self.MAX_HEAD:
+                    # Also when the whole head came in one read (found by tests/test_faults).
+                    raise UpstreamError("dockgate: the daemon sent an oversized response head")
                 if end < 0:
-                    if len(buf) - pos > self.MAX_HEAD:
-                        raise UpstreamError("dockgate: the daemon sent an oversized "
-                                            "response head")
                     break
                 head = self._parse_head(buf[pos:end + 2])
                 pos = end + 4
@@ -566,6 +566,8 @@ class ResponseReader:
             return [END]
         if self._state in ("idle", "switched") and not self._buf:
             return []
+        if self._state == "head" and not self._buf:
+            raise UpstreamError("dockgate: the daemon closed the connection without answering")
         raise UpstreamError("dockgate: the daemon closed the connection in the middle of a "
                             "response")
 

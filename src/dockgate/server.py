@@ -419,6 +419,7 @@ class ClientConnection(asyncio.Protocol):
         self.busy_plain = False
         self.stream_opened = False
         self.streaming = False
+        self.relays_eof = False  # a plain request is waiting for its answer: see _forward
         self.bytes_in = 0
         self.bytes_out = 0
         self._paused_for: set[str] = set()
@@ -497,6 +498,8 @@ class ClientConnection(asyncio.Protocol):
                 # open until the next event fails to be written.
                 self.abort()
                 return False
+            if self.relays_eof and self.upstream is not None:
+                self.upstream.write_eof()  # see _forward
         # Keep our write side open for the response (tls:// too: see tlsstream).
         return True
 
@@ -919,10 +922,17 @@ class ClientConnection(asyncio.Protocol):
                     self.abort()
                     return False, 400 if isinstance(error, ProtocolError) else 499
             self.streaming = stream == routes.Stream.STREAM
+            # A client that half-closes while it waits for a plain answer: the daemon
+            # gets the same half-close (Go's server then cancels the request; a fast
+            # answer still comes back). A client that left for good thus frees the
+            # daemon connection too, instead of holding it for a stalled daemon.
+            self.relays_eof = stream == routes.Stream.PLAIN
             if self.streaming and self.eof:
                 self.abort()  # see eof_received: the follower already left
+            elif self.relays_eof and self.eof:
+                conn.write_eof()
             outcome = await exchange.done
-            self.streaming = False
+            self.streaming = self.relays_eof = False
             if outcome == "lost" and attempt == 0 and conn.reused and not conn.got_response \
                     and (not head.has_body or body is not None):
                 continue  # the daemon had closed this pooled connection: one fresh try
@@ -940,7 +950,7 @@ class ClientConnection(asyncio.Protocol):
         if outcome == "switch":
             await self._relay_raw(conn, exchange, record)
             return False, exchange.status
-        if exchange.upstream_reusable and body_done:
+        if exchange.upstream_reusable and body_done and not self.eof:
             pool.release(conn)
         else:
             conn.close()
@@ -1122,9 +1132,15 @@ class Exchange:
                 self._fail("dockgate: the daemon switched protocols for a request that "
                            "did not ask for it")
                 return
+            switched_to = response.get(b"upgrade")
+            if not switched_to:
+                # RFC 9110 15.2.2: a 101 names the protocol it switches to. Without it
+                # the bytes that follow are of no known protocol: never relay them.
+                self._fail("dockgate: the daemon answered 101 Switching Protocols "
+                           "without an Upgrade header")
+                return
             headers = response.end_to_end  # this response's own list, free to extend
-            headers += [(b"Connection", b"Upgrade"),
-                        (b"Upgrade", response.get(b"upgrade") or self.upgrade)]
+            headers += [(b"Connection", b"Upgrade"), (b"Upgrade", switched_to)]
             self._switch(response, headers)
             return
         if (self.stream == routes.Stream.HIJACK and status == 200
