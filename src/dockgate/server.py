@@ -1244,6 +1244,14 @@ async def serve(settings: Settings, decider: Decider,
     ``bound``: the sockets a supervisor bound for this worker (None: bind them here).
     """
     proxy = Proxy(settings, decider)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Before listening: a client may signal as soon as it can connect (SIGHUP's
+    # default action would kill the process).
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, proxy.reload, reload)
     try:
         await proxy.start(bound)
     except OSError as error:
@@ -1251,12 +1259,6 @@ async def serve(settings: Settings, decider: Decider,
         return 1
     if settings.metrics_listen:
         metrics.serve(settings.metrics_listen)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, proxy.reload, reload)
     if bound is None:
         log.info("listening on %s, forwarding to %s, decisions by %s",
                  ", ".join(proxy.bound), settings.upstream_url, decider.name)
