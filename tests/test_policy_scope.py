@@ -418,3 +418,16 @@ def test_create_classes_are_listed_for_policies() -> None:
     """The documented names of the new classes are the module's."""
     assert {"log-drivers", "sysctls", "volumes"} <= set(bodies.CHECKS)
     assert set(bodies.EXEC_CHECKS) == {"privileged", "root-user", "env", "tty", "stdin"}
+
+
+@pytest.mark.parametrize(("method", "target", "says"), [
+    ("POST", "/exec/abc/start", "about exec 'abc' (the verdict depends on its container)"),
+    ("GET", "/volumes/v1", "about volume 'v1' (the verdict depends on its labels)"),
+    ("POST", "/volumes/create", "the verdict depends on the body"),
+])
+def test_explain_says_which_daemon_facts_an_exec_or_volume_verdict_needs(
+        ci: policy.PolicyDecider, method: str, target: str, says: str) -> None:
+    """explain asks the daemon nothing, so it says what the verdict would hinge on."""
+    report, allowed = policy.explain(ci, method, target)
+    assert not allowed
+    assert report.splitlines()[-1].endswith(says)

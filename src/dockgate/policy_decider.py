@@ -537,7 +537,7 @@ class PolicyDecider:
         """The first grant whose body constraints (if any) the request meets."""
         operation = match.operation
         scoped = target is not None or operation == CREATE_OPERATION
-        name = match.target.query_params().get("name", [""])[-1]
+        name = match.target.query_params().get("name", [""])[0]  # Go's Form.Get: the first
         errors = ScopedErrors(_sent(request, target),
                               name=name if operation == CREATE_OPERATION else None)
         allow = [g for g in grants if not g.needs_body(operation)]
