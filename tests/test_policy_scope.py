@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from dockgate import bodies, policy, routes
+from dockgate import bodies, danger, policy, routes
 from dockgate.decision import (
     Allow,
     Client,
@@ -160,15 +160,19 @@ def test_exec_commands_match_argument_by_argument() -> None:
 
 def test_unconstrained_and_constrained_exec_grants_tell_themselves_apart(
         ci: policy.PolicyDecider) -> None:
-    """What policy lint needs: Grant.constrains says whether a body is limited."""
+    """What lint needs: exec.create without privileged and root-user denied is flagged."""
     grants = {g.number: g for g in ci.policies["ci"].grants}
     assert grants[1].constrains("exec.create")
     assert grants[2].constrains("container.create")
     assert grants[3].constrains("volume.create")
     loose = compile_policy("policies:\n  p:\n    grants:\n      - allow: [exec.create, "
-                           "volume.create]\ndefault: p\n").policies["p"].grants[0]
+                           "volume.create]\n        exec: {deny: [env]}\n"
+                           "        create: {deny: [driver-options]}\n"
+                           "default: p\n").policies["p"].grants[0]
     assert not loose.constrains("exec.create")
     assert not loose.constrains("volume.create")
+    assert danger.grant_dangers(grants[1]) == []
+    assert [op for op, _ in danger.grant_dangers(loose)] == ["exec.create", "volume.create"]
 
 
 # --- exec.start/resize/inspect scoped by the exec's container --------------------

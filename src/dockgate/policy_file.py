@@ -19,6 +19,8 @@ from dockgate import bodies
 from dockgate.policy_decider import (
     CREATE_OPERATION,
     EXEC_CREATE_OPERATION,
+    INSPECT_OPERATION,
+    REDACTABLE,
     VOLUME_CREATE_OPERATION,
     Grant,
     Operations,
@@ -42,7 +44,8 @@ from dockgate.policy_yaml import Source, compose, integer, mapping, sequence, su
 
 _TOP_KEYS = ("version", "policies", "clients", "listeners", "default")
 _POLICY_KEYS = ("description", "grants")
-_GRANT_KEYS = ("allow", "containers", "images", "volumes", "query", "create", "exec")
+_GRANT_KEYS = ("allow", "containers", "images", "volumes", "query", "create", "exec",
+               "redact")
 _CONTAINER_KEYS = ("names", "globs", "labels")
 _VOLUME_KEYS = ("names", "globs", "labels", "own")
 _CREATE_KEYS = ("deny",)
@@ -178,12 +181,21 @@ class _Compiler:
                                         "which this grant does not allow; add it to allow: or "
                                         "remove exec:")
         operations_ = frozenset(granted)
-        if CREATE_OPERATION in operations_ and create_deny is None and images is None:
-            self.warnings.append(f"{where}: grants container.create without create: or "
-                                 "images: constraints; that is root on the host (a bind mount "
-                                 "of / or privileged mode)")
+        redact: frozenset[str] = frozenset()
+        if "redact" in parts:
+            if INSPECT_OPERATION not in operations_:
+                raise self.source.error(parts["redact"][0], "redact: applies to "
+                                        "container.inspect answers, which this grant does not "
+                                        "allow; add it to allow: or remove redact:")
+            for item, item_node in texts(parts["redact"][1], self.source, "redact"):
+                if item not in REDACTABLE:
+                    raise self.source.error(item_node, f"cannot redact {item!r}"
+                                            f"{suggest(item, REDACTABLE)}; known: "
+                                            f"{', '.join(REDACTABLE)}")
+            redact = frozenset(item for item, _ in texts(parts["redact"][1], self.source,
+                                                         "redact"))
         return Grant(policy, number, where, operations_, containers, images, query,
-                     create_deny, exec_rules, volumes)
+                     create_deny, redact=redact, exec_rules=exec_rules, volumes=volumes)
 
     def volume_scope(self, node: yaml.Node) -> VolumeScope:
         names: set[str] = set()
