@@ -200,8 +200,11 @@ class Grant:
         return deny if deny == bodies.VOLUME_CHECKS_ALL else None
 
     def needs_body(self, operation: str) -> bool:
-        return self.constrains(operation) or (
-            operation == CREATE_OPERATION and self.volume_scope() is not None)
+        """Whether deciding ``operation`` under this grant reads the request body."""
+        if operation == EXEC_CREATE_OPERATION:
+            return self.exec_rules is not None
+        return operation == CREATE_OPERATION and (
+            self.constrains(operation) or self.volume_scope() is not None)
 
     def volume_scope(self) -> VolumeScope | None:
         """The named volumes a create may mount: the grant's volumes:, or its own when
