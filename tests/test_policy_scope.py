@@ -435,3 +435,12 @@ def test_explain_says_which_daemon_facts_an_exec_or_volume_verdict_needs(
     report, allowed = policy.explain(ci, method, target)
     assert not allowed
     assert report.splitlines()[-1].endswith(says)
+
+
+def test_explain_rejects_a_space_in_a_container_reference_before_any_policy(
+        ci: policy.PolicyDecider) -> None:
+    """classify refuses it (no container can have such a name); check says so, not a crash."""
+    report, allowed = policy.explain(ci, "GET", "/containers/a%20b/json")
+    assert not allowed
+    assert "rejected before any policy" in report
+    assert "U+0020 in the container parameter" in report

@@ -195,9 +195,9 @@ def explain(decider: Decider, method: str, target: str,
     who = client if isinstance(client, Client) else parse_client(client)
     try:
         parsed = routes.parse_target(target)
+        request = Request(method, parsed, routes.classify(method, parsed))
     except BadTarget as error:
         return f"{method} {target}: rejected before any policy: {error.message}", False
-    request = Request(method, parsed, routes.classify(method, parsed))
     lines = [f"request:   {method} {parsed.api_path}",
              f"operation: {request.match.operation if request.match else '(no route)'}"]
     if request.match is not None and request.match.params:
