@@ -227,7 +227,12 @@ def test_restricted_create_naming_another_clients_volume_is_denied(setup: Setup)
                   setup.create_body(Binds=[f"{setup.their_volume}:/d"]))
     assert missing.message.replace(f"dgtest-nobody-{setup.label}", "V") == \
         theirs.message.replace(setup.their_volume, "V")
+    volumes_from = call(setup.proxy, "POST", "/containers/create",
+                        setup.create_body(VolumesFrom=[setup.outside.name]))
+    assert volumes_from.status == 403
     assert call(setup.proxy, "GET", f"/volumes/{setup.their_volume}").status == 403
+    assert call(setup.proxy, "DELETE", f"/volumes/{setup.their_volume}").status == 403
+    assert setup.client.api.inspect_volume(setup.their_volume)["Name"] == setup.their_volume
     listed = json.loads(call(setup.proxy, "GET", "/volumes").body)
     assert setup.their_volume not in [v["Name"] for v in listed["Volumes"] or ()]
 
@@ -251,6 +256,15 @@ def test_own_and_anonymous_volumes_work_and_are_labelled_as_the_policys(
         assert mine in [v["Name"] for v in listed["Volumes"]]
         taken = call(setup.proxy, "POST", "/volumes/create", {"Name": setup.their_volume})
         assert taken.status == 403
+        unjudged = call(setup.proxy, "POST", "/volumes/create",
+                        {"Name": f"{mine}-x", "ClusterVolumeSpec": {}})
+        assert unjudged.status == 403
+        assert "ClusterVolumeSpec" in unjudged.message
+        bind = call(setup.proxy, "POST", "/volumes/create",
+                    {"Name": f"{mine}-y", "DriverOpts": {"type": "none", "o": "bind",
+                                                         "device": "/"}})
+        assert bind.status == 403
+        assert "DriverOpts" in bind.message
     finally:
         for container in setup.client.containers.list(
                 all=True, filters={"label": f"dgtest.ci={setup.label}"}):
