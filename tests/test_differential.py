@@ -323,7 +323,7 @@ def start_stack(kind: str, combination: Combination, work: Path) -> Stack:
                            "--upstream", f"unix://{socket_path}"]
             processes.append(subprocess.Popen(command, env=env, stdout=out,
                                               stderr=subprocess.STDOUT))
-            wait_for_port(port)
+            wait_for_port(port, timeout=60)  # a loaded CI machine starts it slowly
         except BaseException:
             stack.stop()
             raise
