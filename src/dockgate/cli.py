@@ -58,6 +58,23 @@ def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
     return decider
 
 
+def serving_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
+    """``build_decider``, and a policy's ``listeners:`` keys must name real listeners.
+
+    A key that matches no listener silently sends its clients to the default (or to
+    nothing): refuse it, naming the listeners there are (at start, and on reload).
+    """
+    decider = build_decider(config, env)
+    if isinstance(decider, policy.PolicyDecider):
+        unmatched = decider.unmatched_listeners(config.listeners)
+        if unmatched:
+            raise ConfigError(f"{decider.label}: listeners: {', '.join(unmatched)} "
+                              f"{'matches' if len(unmatched) == 1 else 'match'} no listener; "
+                              f"dockgate listens on {', '.join(config.listeners)} (--listen / "
+                              "DOCKGATE_LISTEN): write the key as one of these")
+    return decider
+
+
 def _decider(config: settings.Settings, env: Mapping[str, str]) -> tuple[Decider, list[str]]:
     if config.policy:
         return policy.load_file(config.policy), []
@@ -116,7 +133,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     logs.configure(config.log_level, config.log_format)
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
-    decider = build_decider(config, env)
+    decider = serving_decider(config, env)
     for warning in env_warnings(config, env, decider):
         log.warning("%s", warning)
     problems, defaults = probe.daemon(config)
@@ -125,7 +142,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     decider = _announce(config, env, decider, defaults)
     try:
         return server.run(config, decider, reload=lambda: _announce(
-            config, env, build_decider(config, env), defaults))
+            config, env, serving_decider(config, env), defaults))
     finally:
         metrics.cleanup()
 

@@ -30,11 +30,11 @@ from dockgate.decision import Allow, Client, ContainerFacts, Decider, Facts, Nee
 from dockgate.errors import BadTarget, ConfigError
 from dockgate.policy_decider import CREATE_OPERATION, Grant, Policy, PolicyDecider, operations
 from dockgate.policy_file import compile_text
-from dockgate.policy_match import CONTAINER_NAME, ContainerScope
+from dockgate.policy_match import CONTAINER_NAME, ContainerScope, normalize_listener
 from dockgate.policy_yaml import suggest
 
 __all__ = ["Grant", "Policy", "PolicyDecider", "compile_text", "explain", "from_env",
-           "lint_file", "load_file", "parse_client", "preset_names"]
+           "lint_file", "load_file", "normalize_listener", "parse_client", "preset_names"]
 
 PRESET_PREFIX = "preset:"
 DEFAULT_CLIENT = "127.0.0.1"
