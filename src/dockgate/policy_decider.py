@@ -300,7 +300,7 @@ class PolicyDecider:
         self.label = label
         # How to grant a missing operation, in the denial; None: the narrowest grant.
         self.grant_hint = grant_hint
-        # What the daemon does by default, for create bodies (serve sets it from /info).
+        # What the daemon does by default, for create bodies (serve sets it at start).
         self.daemon_defaults = bodies.STRICT
         self.ops = ops
         self.policies = dict(policies)
