@@ -344,7 +344,7 @@ class DaemonDefaults:
     A body copied from ``docker inspect`` (Watchtower recreates containers that
     way) spells these defaults out; a value equal to the default asks for nothing
     more than an empty field would. The strict value (``cgroupns="private"``)
-    applies until the daemon was asked: ``serve`` reads /info at start.
+    applies until the host was checked: ``serve`` reads its cgroup version at start.
     """
 
     # Engine 20.10+: cgroupns is "host" by default on cgroup v1 hosts, "private" on v2.

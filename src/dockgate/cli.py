@@ -64,6 +64,24 @@ def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
     return policy_learn.LearningDecider(decider) if config.learn else decider
 
 
+def serving_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
+    """``build_decider``, and a policy's ``listeners:`` keys must name real listeners.
+
+    A key that matches no listener silently sends its clients to the default (or to
+    nothing): refuse it, naming the listeners there are (at start, and on reload).
+    """
+    decider = build_decider(config, env)
+    deciding = _configured(decider)
+    if isinstance(deciding, policy.PolicyDecider):
+        unmatched = deciding.unmatched_listeners(config.listeners)
+        if unmatched:
+            raise ConfigError(f"{deciding.label}: listeners: {', '.join(unmatched)} "
+                              f"{'matches' if len(unmatched) == 1 else 'match'} no listener; "
+                              f"dockgate listens on {', '.join(config.listeners)} (--listen / "
+                              "DOCKGATE_LISTEN): write the key as one of these")
+    return decider
+
+
 def _decider(config: settings.Settings, env: Mapping[str, str]) -> tuple[Decider, list[str]]:
     if config.learn_allow_all:
         return AllowAll(), [f"--learn-allow-all: forwarding EVERY request while recording "
@@ -131,7 +149,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     logs.configure(config.log_level, config.log_format)
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
-    decider = build_decider(config, env)
+    decider = serving_decider(config, env)
     for warning in env_warnings(config, env, _configured(decider)):
         log.warning("%s", warning)
     problems, defaults = probe.daemon(config)
@@ -143,7 +161,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         learnlog.Recorder(config.learn, config.learn_max_bytes).close()
     try:
         return server.run(config, decider, reload=lambda: _announce(
-            config, env, build_decider(config, env), defaults))
+            config, env, serving_decider(config, env), defaults))
     finally:
         metrics.cleanup()
 

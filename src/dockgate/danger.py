@@ -27,6 +27,7 @@ from dockgate import compat
 from dockgate.decision import Decider
 from dockgate.hazards import CONSTRAINTS, DANGEROUS, ROOT, ROOT_CREATE_CHECKS
 from dockgate.policy_decider import CREATE_OPERATION, Grant, PolicyDecider
+from dockgate.policy_match import normalize_listener
 
 __all__ = ["DANGEROUS", "ROOT_CREATE_CHECKS", "allowed_note", "decider_dangers",
            "exposed", "exposure_warnings", "grant_dangers", "listener_report",
@@ -147,8 +148,8 @@ def _operations_on(decider: Decider, url: str) -> tuple[list[str], list[str]]:
     """What a client on listener ``url`` can reach: (operations, dangerous ones)."""
     if isinstance(decider, PolicyDecider):
         names = {rule.policy for rule in decider.clients
-                 if not rule.listeners or url in rule.listeners}
-        chosen = decider.listeners.get(url, decider.default)
+                 if not rule.listeners or normalize_listener(url) in rule.listeners}
+        chosen = decider.listeners.get(normalize_listener(url), decider.default)
         if chosen is not None:
             names.add(chosen)
         operations: set[str] = set()

@@ -38,11 +38,11 @@ from dockgate.policy_decider import (
     operations,
 )
 from dockgate.policy_file import compile_text
-from dockgate.policy_match import CONTAINER_NAME, ContainerScope
+from dockgate.policy_match import CONTAINER_NAME, ContainerScope, normalize_listener
 from dockgate.policy_yaml import suggest
 
 __all__ = ["Grant", "Policy", "PolicyDecider", "compile_text", "explain", "from_env",
-           "lint_file", "load_file", "parse_client", "preset_names"]
+           "lint_file", "load_file", "normalize_listener", "parse_client", "preset_names"]
 
 PRESET_PREFIX = "preset:"
 DEFAULT_CLIENT = "127.0.0.1"

@@ -47,7 +47,14 @@ from dockgate.decision import (
     Request,
 )
 from dockgate.hazards import DANGEROUS
-from dockgate.policy_match import ClientRule, ContainerScope, QueryRule, image_matches, primary_name
+from dockgate.policy_match import (
+    ClientRule,
+    ContainerScope,
+    QueryRule,
+    image_matches,
+    normalize_listener,
+    primary_name,
+)
 from dockgate.policy_scope import (
     OWN_VOLUMES,
     OWNER_LABEL,
@@ -386,12 +393,13 @@ class PolicyDecider:
         self.label = label
         # How to grant a missing operation, in the denial; None: the narrowest grant.
         self.grant_hint = grant_hint
-        # What the daemon does by default, for create bodies (serve sets it from /info).
+        # What the daemon does by default, for create bodies (serve sets it at start).
         self.daemon_defaults = bodies.STRICT
         self.ops = ops
         self.policies = dict(policies)
         self.clients = clients
-        self.listeners = dict(listeners)
+        # Keyed by normalize_listener, so a key copied from the log matches the --listen URL.
+        self.listeners = {normalize_listener(url): policy for url, policy in listeners.items()}
         self.default = default
         self.warnings = warnings
 
@@ -404,8 +412,13 @@ class PolicyDecider:
         for rule in self.clients:
             if rule.matches(client):
                 return self.policies[rule.policy]
-        chosen = self.listeners.get(client.listener, self.default)
+        chosen = self.listeners.get(normalize_listener(client.listener), self.default)
         return self.policies[chosen] if chosen is not None else None
+
+    def unmatched_listeners(self, listeners: tuple[str, ...]) -> list[str]:
+        """The ``listeners:`` keys that name none of ``listeners`` (the --listen URLs)."""
+        serving = {normalize_listener(url) for url in listeners}
+        return sorted(url for url in self.listeners if url not in serving)
 
     def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
         match = request.match

@@ -36,6 +36,7 @@ from dockgate.policy_match import (
     ClientRule,
     ContainerScope,
     QueryRule,
+    normalize_listener,
     normalize_pattern,
     normalize_query_value,
 )
@@ -83,7 +84,7 @@ class _Compiler:
         if "listeners" in parts:
             for url, key_node, value in mapping(parts["listeners"][1], self.source,
                                                 "listeners"):
-                if not url.startswith(("tcp://", "tls://", "unix://")):
+                if not normalize_listener(url).startswith(("tcp://", "tls://", "unix://")):
                     raise self.source.error(key_node, f"listener {url!r} must be a URL as "
                                             "given to --listen: tcp://HOST:PORT, tls://... or "
                                             "unix:///PATH")
@@ -371,8 +372,11 @@ class _Compiler:
             elif key in ("uid", "gid"):
                 values = value.value if isinstance(value, yaml.SequenceNode) else [value]
                 rule[f"{key}s"] = frozenset(integer(v, self.source, key) for v in values)
-            elif key in ("cert_cn", "cert_san", "listener"):
+            elif key in ("cert_cn", "cert_san"):
                 rule[f"{key}s"] = frozenset(v for v, _ in texts(value, self.source, key))
+            elif key == "listener":
+                rule["listeners"] = frozenset(normalize_listener(v) for v, _
+                                              in texts(value, self.source, key))
         name = text(parts["name"][1], self.source, "name") if "name" in parts else None
         return ClientRule(policy=policy, label=self.at(node), name=name, **rule)
 

@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from dockgate import admin, http1, learnlog, logs, metrics, routes, systemd, tlsstream
+from dockgate import admin, http1, learnlog, logs, metrics, routes, startup, systemd, tlsstream
 from dockgate.decision import (
     NO_FACTS,
     Allow,
@@ -228,10 +228,15 @@ def bind_listeners(settings: Settings, listeners: list[Listener]) -> list[BoundL
                 if host == "::" and settings.disable_ipv6:
                     host = "0.0.0.0"
                 sockets = _bind_tcp(host, listener.port)
-                names = [f"{listener.kind}://{name[0]}:{name[1]}"
+                names = [f"{listener.kind}://{startup.host_form(name[0])}:{name[1]}"
                          for name in (sock.getsockname() for sock in sockets)]
             bound.append(BoundListener(listener, sockets, context, names))
         inherited.check_all_claimed()
+    except OSError as error:
+        inherited.close()
+        close_listeners(bound)
+        raise startup.ListenError(startup.bind_problem(
+            listener.url, listener.kind, listener.port, listener.path, error)) from None
     except BaseException:
         inherited.close()
         close_listeners(bound)

@@ -260,6 +260,17 @@ class Settings:
         return self.upstream or f"unix://{self.socket_path}"
 
 
+def reference() -> str:
+    """docs/settings.md's table: every setting, generated from this table."""
+    rows = ["| Flag | Environment variable | Default | Meaning |", "|---|---|---|---|"]
+    for setting in TABLE:
+        default = "" if setting.default is None else f"`{_show(setting)}`"
+        meaning = setting.help.replace("|", "\\|")
+        rows.append(f"| `{setting.flag} {setting.metavar}` | `{setting.env}` | {default} | "
+                    f"{meaning} |")
+    return "\n".join(rows) + "\n"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per setting; the help names the environment variable."""
     group = parser.add_argument_group("settings (flag, else environment variable, else default)")
