@@ -15,7 +15,17 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from dockgate import __version__, compat, learnlog, logs, policy, policy_learn, server, settings
+from dockgate import (
+    __version__,
+    compat,
+    learnlog,
+    logs,
+    policy,
+    policy_learn,
+    policy_suggest,
+    server,
+    settings,
+)
 from dockgate.decision import AllowAll, Decider
 from dockgate.errors import ConfigError
 
@@ -103,6 +113,25 @@ def cmd_policy_lint(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def cmd_policy_suggest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        with open(args.file, encoding="utf-8") as handle:
+            recording = policy_suggest.read_recording(handle, args.file)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{args.file}: cannot read the recording ({error})") from None
+    base = policy.read_text(args.base) if args.base else None
+    suggestion = policy_suggest.suggest(recording, label=args.file, client=args.client,
+                                        base=base)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(suggestion.text)
+        print(f"{args.output}: written; check it with: dockgate policy lint {args.output}",
+              file=sys.stderr)
+    else:
+        print(suggestion.text, end="")
+    return 0
+
+
 def access_help() -> str:
     """The access variables, for the ``serve``/``audit``/``check`` help (from the code)."""
     tecnativa = compat.variables("tecnativa")
@@ -162,6 +191,30 @@ def parser() -> argparse.ArgumentParser:
     lint = policy_sub.add_parser("lint", help="validate a policy file, with line numbers")
     lint.add_argument("file", metavar="FILE")
     lint.set_defaults(handler=cmd_policy_lint)
+    suggest = policy_sub.add_parser(
+        "suggest", help="write the least-privilege policy of a learn recording",
+        description="Read a recording of `dockgate serve --learn FILE` and write a policy "
+        "that allows what was recorded and nothing more: per client, the operations used, "
+        "the containers by shared labels or exact names, images by exact reference, "
+        "create constraints as tight as the recorded bodies allow. Each grant says how "
+        "many requests it covers and when, and DANGER where the workload needed host "
+        "access.",
+        epilog="examples:\n"
+        "  dockgate serve --learn rec.jsonl --learn-allow-all yes   # record a trusted run\n"
+        "  dockgate policy suggest rec.jsonl -o policy.yaml\n"
+        "  dockgate serve --learn rec.jsonl --policy policy.yaml     # observe mode\n"
+        "  dockgate policy suggest rec.jsonl --from policy.yaml      # add what it denied\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    suggest.add_argument("file", metavar="FILE", help="the --learn recording (JSON lines)")
+    suggest.add_argument("--client", default=None, metavar="SPEC",
+                         help="only this client: an IP address, uid=N, gid=N, cn=NAME, "
+                         "listener=URL, comma-separated (all parts must match)")
+    suggest.add_argument("--from", dest="base", default=None, metavar="POLICY",
+                         help="an existing policy file (or preset:NAME): keep it and add "
+                         "grants only for the requests it denied")
+    suggest.add_argument("-o", "--output", default=None, metavar="OUT",
+                         help="write the policy to OUT instead of standard output")
+    suggest.set_defaults(handler=cmd_policy_suggest)
     return top
 
 

@@ -220,7 +220,8 @@ def _host_features(doc: dict[str, Any]) -> dict[str, Any]:
     if namespaces:
         features["namespaces"] = {k.removesuffix("mode"): _cut(v) for k, v in namespaces.items()}
     log_config = hc.get("logconfig")
-    if isinstance(log_config, dict) and isinstance(log_config.get("type"), str):
+    if isinstance(log_config, dict) and isinstance(log_config.get("type"), str) and \
+            log_config["type"]:
         log_options = log_config.get("config")
         features["log_driver"] = {
             "type": _cut(log_config["type"]),
