@@ -72,8 +72,6 @@ DANGER = {
 NOTES = {"root-user": "runs as root (or a named user) inside the container"}
 _HEX_ID = re.compile(r"[0-9a-f]{12,64}")
 _PLAIN = re.compile(r"[A-Za-z0-9_/.][A-Za-z0-9_./:@+=-]*")
-_RESOLVER = yaml.resolver.Resolver()
-_STR = "tag:yaml.org,2002:str"
 
 
 # ---------------------------------------------------------------------------
@@ -559,7 +557,7 @@ def scalar(value: object) -> str:
         return str(value)
     text = str(value)
     if _PLAIN.fullmatch(text) and not text.endswith(":") and \
-            _RESOLVER.resolve(yaml.ScalarNode, text, (True, False)) == _STR:
+            yaml.safe_load(text) == text:
         return text
     return json.dumps(text)
 
