@@ -8,6 +8,7 @@ be a secret (env values, commands, headers) may be.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from pathlib import Path
@@ -79,6 +80,25 @@ def test_learn_records_container_labels_and_create_features_without_secrets(
                                    "stdin": False}
     logs = by_operation(found, "container.logs")[0]
     assert logs["query"]["follow"] == ["false"]
+
+
+def test_learn_records_no_header_values(start_dockgate: StartDockgate,
+                                       tmp_path: Path) -> None:
+    """Registry credentials travel in a header: the recording never holds header values."""
+    recording = tmp_path / "headers.jsonl"
+    proxy = start_dockgate(args=["--learn", str(recording), "--learn-allow-all", "yes"])
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        connection.request("GET", "/_ping", headers={"X-Registry-Auth": "c2VjcmV0LXRva2Vu",
+                                                     "Authorization": "Bearer t0ken"})
+        assert connection.getresponse().read() == b"OK"
+    finally:
+        connection.close()
+    found = records(recording, 1)
+    assert found[0]["operation"] == "system.ping"
+    text = recording.read_text()
+    assert "c2VjcmV0LXRva2Vu" not in text
+    assert "t0ken" not in text
 
 
 def test_learn_under_a_policy_records_the_denials_with_their_reason(

@@ -408,6 +408,16 @@ def test_every_request_the_suggestion_allows_is_covered_by_the_recording(
         assert covered(seen, records), (probe, result.text)
 
 
+def test_long_values_are_cut_and_never_scoped_by() -> None:
+    """A 600-character image is recorded cut; the create it came from is not granted."""
+    long_image = "a" * 600
+    rec = record(UNIX, "POST", "/containers/create", create_body(image=long_image))
+    assert rec["body"]["image"] == "a" * 512 + "...(cut)"
+    result = suggested([rec, record(UNIX, "GET", "/_ping")])
+    assert "container.create with a body that could not be read or no image" in result.text
+    assert not allowed(result, UNIX, "POST", "/containers/create", create_body(long_image))
+
+
 def test_body_classes_come_from_the_decider_code() -> None:
     """The recorded classes are exactly what create_violations finds per constraint."""
     body = create_body(Privileged=True, Binds=["/:/host"], User="0")
