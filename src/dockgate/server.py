@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from dockgate import http1, learnlog, logs, metrics, routes
+from dockgate import admin, http1, learnlog, logs, metrics, routes
 from dockgate.decision import (
     NO_FACTS,
     Allow,
@@ -369,7 +369,9 @@ class Proxy:
             decider = build()
         except ConfigError as error:
             log.error("reload failed, keeping the current policy: %s", error)
+            metrics.count_reload("failed")
             return
+        metrics.count_reload("ok")
         self.decider = decider
         log.info("reloaded: decisions now by %s", decider.name)
 
@@ -703,6 +705,7 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.check_quiet()
         if self.stream_opened:
             self.stream_opened = False
+            metrics.stream_closed("stream")
             logs.audit("stream.close", client=record["client"], target=record["target"],
                        status=status, bytes_out=self.bytes_out,
                        duration_ms=round((time.monotonic() - started) * 1000, 3))
@@ -711,7 +714,8 @@ class ClientConnection(asyncio.Protocol):
         record["bytes_out"] = self.bytes_out
         record["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
         logs.audit("request", **record)
-        metrics.count_request(record["operation"] or "none", record["decision"], status)
+        metrics.count_request(record["operation"] or "none", record["decision"], status,
+                              time.monotonic() - started)
         return keep and not self.proxy.shutting_down
 
     async def _decide_and_forward(self, head: http1.RequestHead,
@@ -848,6 +852,7 @@ class ClientConnection(asyncio.Protocol):
             try:
                 conn = pool.take_idle() or await pool.acquire()
             except UpstreamError as error:
+                metrics.count_upstream_error("connect")
                 record["reason"] = error.message
                 return self._answer_error(502, error.message, head,
                                           close=head.has_body and body is None), 502
@@ -888,11 +893,13 @@ class ClientConnection(asyncio.Protocol):
             break
         self.upstream = None
         if outcome == "lost":
+            metrics.count_upstream_error("lost")
             conn.abort()
             message = exchange.error or pool.unreachable_message("connection lost")
             record["reason"] = message
             return self._answer_error(502, message, head, close=not body_done), 502
         if outcome == "broken":
+            metrics.count_upstream_error("broken")
             conn.abort()
             self.abort()
             return False, exchange.status
@@ -932,6 +939,7 @@ class ClientConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._raw_done = loop.create_future()
         opened = time.monotonic()
+        metrics.stream_opened("session")
         logs.audit("session.open", client=record["client"], method=record["method"],
                    target=record["target"], operation=record["operation"],
                    status=exchange.status)
@@ -949,6 +957,7 @@ class ClientConnection(asyncio.Protocol):
         await self._raw_done
         conn.close()
         self.upstream = None
+        metrics.stream_closed("session")
         logs.audit("session.close", client=record["client"], target=record["target"],
                    bytes_in=self.bytes_in, bytes_out=self.bytes_out,
                    duration_ms=round((time.monotonic() - opened) * 1000, 3))
@@ -1130,6 +1139,7 @@ class Exchange:
             self.client.busy_plain = False
             self.client.proxy.check_quiet()
             self.client.stream_opened = True
+            metrics.stream_opened("stream")
             logs.audit("stream.open", client=self.client.client_name,
                        method=request.method, target=request.target, status=status)
         self.out.append(http1.response_head(status, headers, response.reason))
@@ -1211,13 +1221,12 @@ async def serve(settings: Settings, decider: Decider,
     ``bound``: the sockets a supervisor bound for this worker (None: bind them here).
     """
     proxy = Proxy(settings, decider)
+    admin_servers = await admin.start(settings)
     try:
         await proxy.start(bound)
     except OSError as error:
         log.error("cannot listen: %s", error)
         return 1
-    if settings.metrics_listen:
-        metrics.serve(settings.metrics_listen)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -1236,6 +1245,8 @@ async def serve(settings: Settings, decider: Decider,
         log.info("worker serving (pid %d)", os.getpid())
     await stop.wait()
     log.info("shutting down")
+    for server in admin_servers:
+        server.close()
     await proxy.shutdown()
     return 0
 
@@ -1270,6 +1281,7 @@ def run(settings: Settings, decider: Decider,
         logs.flush()
         return result
     listeners = [Listener(url) for url in settings.listeners]
+    admin.bind(settings)  # before forking: every worker serves the admin sockets too
     try:
         bound = bind_listeners(settings, listeners)
     except OSError as error:
@@ -1377,6 +1389,7 @@ class Supervisor:
             slot = self.workers.pop(pid, None)
             if slot is None:
                 continue
+            metrics.worker_exited(pid)
             if self.stopping:
                 continue
             log.error("worker %d (pid %d) ended unexpectedly (%s); replacing it", slot, pid,
