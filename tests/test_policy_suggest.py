@@ -23,7 +23,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dockgate import bodies, policy, policy_learn, policy_suggest, routes
+from dockgate import bodies, danger, policy, policy_learn, policy_suggest, routes
 from dockgate.decision import (
     Allow,
     AllowAll,
@@ -124,8 +124,10 @@ def test_containers_reached_by_id_are_granted_by_the_labels_they_share() -> None
     records = [record(UNIX, "POST", f"/containers/{WEB.id}/stop"),
                record(UNIX, "POST", f"/containers/{WEB2.id[:12]}/stop")]
     result = suggested(records)
-    scope = yaml.safe_load(result.text)["policies"]["uid1000-cli.sock"]["grants"][0]
-    assert scope["containers"] == {"labels": {"app": "demo"}}
+    grants = yaml.safe_load(result.text)["policies"]["uid1000-cli.sock"]["grants"]
+    assert grants == [{"allow": ["system.ping"]},
+                      {"allow": ["container.stop"], "containers": {"labels": {"app": "demo"}}}]
+    assert "system.ping was not recorded: added because the docker CLI pings" in result.text
     assert allowed(result, UNIX, "POST", "/containers/web-2/stop")
     assert not allowed(result, UNIX, "POST", "/containers/other/stop")
 
@@ -160,6 +162,16 @@ def test_create_grants_deny_every_class_no_recorded_body_needed() -> None:
     assert "secret-arg" not in json.dumps(records)
 
 
+def test_lint_dangers_of_what_the_workload_needed_are_comments_on_their_grant() -> None:
+    """An exec grant is close to root: lint's DANGER line sits above that grant."""
+    result = suggested([record(UNIX, "POST", "/containers/web-1/exec", b'{"Cmd": ["id"]}')])
+    lines = result.text.splitlines()
+    danger_line = next(i for i, line in enumerate(lines) if "DANGER (lint): allows exec.create"
+                       in line)
+    assert lines[danger_line + 1].strip() == "- allow: [exec.create]"
+    assert not result.text.startswith("# lint:")
+
+
 def test_features_of_two_bodies_are_never_combined_in_one_grant() -> None:
     """One body privileged, another with a bind: a body with both is not allowed."""
     records = [record(UNIX, "POST", "/containers/create", create_body(Privileged=True)),
@@ -181,6 +193,8 @@ def test_a_suggested_policy_lints_clean_and_binds_each_client_seen() -> None:
         {"listener": "tcp://127.0.0.1:2375", "address": "127.0.0.1",
          "policy": "127.0.0.1-2375"}]
     assert result.decider.warnings == ()
+    assert danger.ping_warnings(result.decider) == []
+    assert danger.policy_dangers(result.decider) == []
     assert not result.text.startswith("# lint:")
     assert "sees every container and event it listed" in result.text
 
@@ -338,11 +352,15 @@ def _name(rec: Mapping[str, Any]) -> str | None:
 def covered(probe: dict[str, Any], recorded: list[dict[str, Any]]) -> bool:
     """Same client and operation, the object in the recorded set, body features a subset.
 
+    One exception: system.ping, which every suggested policy allows.
+
     The recorded set of containers of a group (client, operation, query values) is
     its containers' names, and the containers that carry every label all of them
     carry. exec.create bodies are not part of it: this dockgate does not inspect
     them, and the suggested grant says so (DANGER).
     """
+    if probe["operation"] == "system.ping":
+        return True  # every suggested policy allows ping (lint asks for it): it reveals nothing
     same = [r for r in recorded if r["client"] == probe["client"]
             and r["operation"] == probe["operation"] and _effective(r) == _effective(probe)]
     if not same:
@@ -399,6 +417,7 @@ def test_every_request_the_suggestion_allows_is_covered_by_the_recording(
             raise
         return  # e.g. only requests by ID to containers that did not exist
     assert result.decider.warnings == ()
+    assert danger.ping_warnings(result.decider) == []
     for probe in [*recorded, *tried, *neighbours(recorded)]:
         decision, _facts = decide(result.decider, probe.client, probe.method, probe.target,
                                   probe.body)

@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from dockgate import bodies
+from dockgate import bodies, danger
 from dockgate.decision import Client
 from dockgate.errors import ConfigError
 from dockgate.policy_decider import (
@@ -70,6 +70,7 @@ DANGER = {
     "security-options": "security options (seccomp/apparmor profiles, /proc masks)",
 }
 NOTES = {"root-user": "runs as root (or a named user) inside the container"}
+PING = "system.ping"
 _HEX_ID = re.compile(r"[0-9a-f]{12,64}")
 _PLAIN = re.compile(r"[A-Za-z0-9_/.][A-Za-z0-9_./:@+=-]*")
 
@@ -189,6 +190,8 @@ class Draft:
     notes: list[str] = field(default_factory=list)
 
     def comments(self) -> list[str]:
+        if not self.records:
+            return self.notes
         times = [r["time"] for r in self.records if isinstance(r.get("time"), int | float)]
         count = len(self.records)
         seen = (f", first {_stamp(min(times))}, last {_stamp(max(times))}" if times else "")
@@ -369,8 +372,6 @@ class _Builder:
         notes = [f"exec users seen: {', '.join(users)}"]
         if any(f.get("privileged") for f in features):
             notes.append("DANGER: the workload ran a privileged exec")
-        notes.append("DANGER: exec.create bodies are not inspected: this grant lets the "
-                     "client run any command as any user in these containers")
         return notes
 
     def _images(self, records: list[dict[str, Any]]) -> list[Draft]:
@@ -482,6 +483,8 @@ def suggest(recording: Recording, *, label: str, client: str | None = None,
         if not drafts:
             continue
         bound = base_decider.policy_for(client_of(who)) if base_decider else None
+        if bound is None:
+            _with_ping(drafts)
         if bound is not None:
             policy = tree["policies"][bound.name]
             policy.setdefault("grants", []).extend(drafts)
@@ -497,12 +500,37 @@ def suggest(recording: Recording, *, label: str, client: str | None = None,
     if not tree["policies"]:
         raise ConfigError(f"{label}: no request in the recording can be granted; nothing "
                           "to suggest")
-    text = "\n".join(f"# {line}" for line in header) + "\n" + emit(tree)
-    decider = compile_text(text, "suggested policy", ops)
-    if decider.warnings:
-        lint = "".join(f"# lint: {w}\n" for w in decider.warnings)
-        text = lint + text
-    return Suggestion(text, decider)
+    head = "\n".join(f"# {line}" for line in header) + "\n"
+    decider = compile_text(head + emit(tree), "suggested policy", ops)
+    # lint's DANGER findings on the grants made here become their comments; what lint
+    # says of anything else (the --from policy's own grants) goes to the top.
+    others = [*decider.warnings, *danger.ping_warnings(decider)]
+    for name, body in tree["policies"].items():
+        for entry, grant in zip(body.get("grants", []), decider.policies[name].grants,
+                                strict=True):
+            found = danger.grant_dangers(grant)
+            if isinstance(entry, Draft):
+                entry.notes.extend(f"DANGER (lint): allows {op}: {why}" for op, why in found)
+            else:
+                others.extend(f"{grant.where}: DANGER: allows {op}: {why}"
+                              for op, why in found)
+    text = "".join(f"# lint: {line}\n" for line in others) + head + emit(tree)
+    return Suggestion(text, compile_text(text, "suggested policy", ops))
+
+
+def _with_ping(drafts: list[Draft]) -> None:
+    """Every suggested policy allows system.ping (lint asks for it: the docker CLI pings
+    first to pick the API version); it reveals nothing but that the daemon answers."""
+    if any(PING in draft.body["allow"] for draft in drafts):
+        return
+    note = (f"{PING} was not recorded: added because the docker CLI pings first to pick "
+            "the API version (it reveals nothing)")
+    for draft in drafts:
+        if set(draft.body) == {"allow"}:
+            draft.body["allow"] = sorted({*draft.body["allow"], PING})
+            draft.notes.append(note)
+            return
+    drafts.insert(0, Draft({"allow": [PING]}, [], [note]))
 
 
 def _free_name(name: str, taken: Mapping[str, Any]) -> str:
