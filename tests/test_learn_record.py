@@ -76,8 +76,8 @@ def test_learn_records_container_labels_and_create_features_without_secrets(
     assert start["container"] == {"name": name, "image": busybox_image,
                                   "labels": {"app": "learn-demo"}}
     exec_create = by_operation(found, "exec.create")[0]
-    assert exec_create["body"] == {"privileged": True, "user": "", "tty": False,
-                                   "stdin": False}
+    assert exec_create["body"] == {"classes": ["privileged", "root-user"], "privileged": True,
+                                   "user": "", "tty": False, "stdin": False}
     logs = by_operation(found, "container.logs")[0]
     assert logs["query"]["follow"] == ["false"]
 

@@ -68,6 +68,8 @@ DANGER = {
     "capabilities": "added capabilities",
     "devices": "host devices",
     "security-options": "security options (seccomp/apparmor profiles, /proc masks)",
+    "log-drivers": "a log driver that connects out from the host's network namespace",
+    "sysctls": "kernel parameters (sysctls)",
 }
 NOTES = {"root-user": "runs as root (or a named user) inside the container"}
 PING = "system.ping"
@@ -224,8 +226,13 @@ def _container_ref(record: Mapping[str, Any]) -> str | None:
 
 
 def _by_name(records: Sequence[dict[str, Any]]) -> bool:
-    """Whether the client named every container it touched by its name (not an ID)."""
+    """Whether the client named every container it touched by its name (not an ID).
+
+    Exec operations name an exec instance, never a container: they do not count.
+    """
     for record in records:
+        if _container_ref(record) is None:
+            continue
         found = record.get("container") or {}
         ref = _container_ref(record)
         if found.get("name") is not None and ref != found["name"]:
@@ -256,7 +263,8 @@ class _Builder:
         self.records = records
         self.ops = ops
         self.skipped: list[str] = []
-        scoped = [r for r in records if r["operation"] in ops.container_ref]
+        self.container_ops = frozenset(ops.container_ref) | ops.exec_ref
+        scoped = [r for r in records if r["operation"] in self.container_ops]
         self.use_labels = bool(scoped) and not _by_name(scoped)
 
     def container_scope(self, records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -302,6 +310,8 @@ class _Builder:
                 self._scoped(key, records, by_scope, drafts)
             elif kind == "image":
                 drafts.extend(self._images(records))
+            elif kind == "volume":
+                drafts.extend(self._volumes(records))
             else:
                 drafts.extend(self._creates(records))
         if listing:
@@ -315,17 +325,19 @@ class _Builder:
         operation = record["operation"]
         if operation in (LIST_OPERATION, EVENTS_OPERATION):
             return ("list",)
-        if operation in self.ops.container_ref:
-            return ("container", operation, _effective_query(record))
+        if operation in self.container_ops:
+            return ("container", operation, _effective_query(record), _exec_classes(record))
         if operation == CREATE_OPERATION:
             return ("create",)
         if operation in self.ops.image_ref:
             return ("image", operation)
+        if operation in self.ops.volume_ref:
+            return ("volume", operation)
         return ("open",)
 
     def _scoped(self, key: tuple[Any, ...], records: list[dict[str, Any]],
                 by_scope: dict[str, Draft], drafts: list[Draft]) -> None:
-        _kind, operation, query = key
+        _kind, operation, query, exec_classes = key
         scope = self.container_scope(records)
         if scope is None:
             self.skipped.append(f"{operation}: {len(records)} requests named containers "
@@ -336,6 +348,11 @@ class _Builder:
         body: dict[str, Any] = {"allow": [operation], "containers": scope}
         if query:
             body["query"] = {param: list(values) for param, values in query}
+        if operation == EXEC_CREATE_OPERATION:
+            deny = [c for c in bodies.EXEC_CHECKS if c not in exec_classes]
+            if deny:
+                body["exec"] = {"deny": deny}
+        if query or operation == EXEC_CREATE_OPERATION:
             drafts.append(Draft(body, list(records), notes))
             return
         merged = by_scope.get(json.dumps(scope, sort_keys=True))
@@ -374,6 +391,14 @@ class _Builder:
             notes.append("DANGER: the workload ran a privileged exec")
         return notes
 
+    def _volumes(self, records: list[dict[str, Any]]) -> list[Draft]:
+        operation = records[0]["operation"]
+        names = sorted({str((r.get("params") or {}).get("volume", "")) for r in records})
+        if not all(CONTAINER_NAME.fullmatch(name) for name in names):
+            self.skipped.append(f"{operation} of a volume without a plain name: not granted")
+            return []
+        return [Draft({"allow": [operation], "volumes": {"names": names}}, records)]
+
     def _images(self, records: list[dict[str, Any]]) -> list[Draft]:
         operation = records[0]["operation"]
         refs: set[str] = set()
@@ -391,7 +416,8 @@ class _Builder:
         return [Draft({"allow": [operation], "images": sorted(refs)}, used)]
 
     def _creates(self, records: list[dict[str, Any]]) -> list[Draft]:
-        by_classes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        by_classes: dict[tuple[tuple[str, ...], tuple[str, ...], bool],
+                         list[dict[str, Any]]] = {}
         for record in records:
             features = record.get("body") or {}
             image = features.get("image")
@@ -400,16 +426,30 @@ class _Builder:
                 self.skipped.append("container.create with a body that could not be read or "
                                     "no image: not granted")
                 continue
+            volumes = tuple(features.get("volumes", ()))
+            if not all(CONTAINER_NAME.fullmatch(v) for v in volumes):
+                self.skipped.append("container.create mounting a volume whose name was cut: "
+                                    "not granted")
+                continue
             classes = tuple(sorted(c for c in features.get("classes", ()) if c in bodies.CHECKS))
-            by_classes.setdefault(classes, []).append(record)
+            key = (classes, volumes, bool(features.get("volumes_from")))
+            by_classes.setdefault(key, []).append(record)
         drafts = []
-        for classes, group in sorted(by_classes.items()):
+        for (classes, volumes, volumes_from), group in sorted(by_classes.items()):
             images = sorted({normalize_image(r["body"]["image"]) for r in group})
             body: dict[str, Any] = {"allow": [CREATE_OPERATION], "images": images}
-            deny = [c for c in bodies.CHECKS if c not in classes]
+            # Named volumes by exact name; VolumesFrom cannot be scoped: then no volumes check.
+            granted = set(classes) - ({"volumes"} if volumes and not volumes_from else set())
+            deny = [c for c in bodies.CHECKS if c not in granted]
+            if volumes and not volumes_from:
+                body["volumes"] = {"names": list(volumes)}
             if deny:
                 body["create"] = {"deny": deny}
-            drafts.append(Draft(body, group, _create_notes(classes, group)))
+            notes = _create_notes(classes, group)
+            if volumes_from:
+                notes.append("DANGER: the workload mounted another container's volumes "
+                             "(VolumesFrom): any named volume is allowed")
+            drafts.append(Draft(body, group, notes))
         return drafts
 
 
@@ -421,11 +461,15 @@ def _create_notes(classes: tuple[str, ...], records: list[dict[str, Any]]) -> li
     if binds:
         notes.append("host paths mounted: " + ", ".join(
             f"{source} ({'read-only' if ro else 'read-write'})" for source, ro in binds))
-    volumes = sorted({v for r in records for v in r["body"].get("volumes", ())})
-    if volumes:
-        notes.append("named volumes used: " + ", ".join(volumes) +
-                     " (named volumes are not scoped: any volume is allowed)")
     return notes
+
+
+def _exec_classes(record: Mapping[str, Any]) -> tuple[str, ...]:
+    if record["operation"] != EXEC_CREATE_OPERATION:
+        return ()
+    features = record.get("body") or {}
+    # An unreadable body (no classes) grants no class: such a body is denied anyway.
+    return tuple(sorted(c for c in features.get("classes", ()) if c in bodies.EXEC_CHECKS))
 
 
 def _image_refs(record: Mapping[str, Any], param: str | None) -> list[str]:
