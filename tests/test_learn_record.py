@@ -24,7 +24,7 @@ from dockgate.errors import ConfigError
 pytestmark = pytest.mark.daemon
 
 
-def records(path: Path, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+def records(path: Path, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
     """The first ``count`` records, waiting for the writer (it writes once per loop turn)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -20,6 +20,7 @@ from dockgate import (
     compat,
     danger,
     learnlog,
+    liveview,
     logs,
     metrics,
     policy,
@@ -72,9 +73,10 @@ def _decider(config: settings.Settings, env: Mapping[str, str]) -> tuple[Decider
 
 
 def _learning(config: settings.Settings, decider: Decider) -> Decider:
-    """In learn mode, the decider wrapped so that every request's container and body are
-    fetched for the recording; the verdicts stay those of ``decider``."""
-    return policy_learn.LearningDecider(decider) if config.learn else decider
+    """In learn mode (and for the live view), the decider wrapped so that every request's
+    container and body are fetched for the record; the verdicts stay those of ``decider``."""
+    return policy_learn.LearningDecider(decider) if config.learn or config.admin_live \
+        else decider
 
 
 def _announce(config: settings.Settings, env: Mapping[str, str], decider: Decider) -> Decider:
@@ -125,6 +127,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if config.learn:
         # Fail before serving when the recording cannot be written.
         learnlog.Recorder(config.learn, config.learn_max_bytes).close()
+    liveview.configure(config)
     try:
         return server.run(config, _learning(config, decider), reload=lambda: _learning(
             config, _announce(config, env, build_decider(config, env))))
