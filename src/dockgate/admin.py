@@ -112,7 +112,7 @@ class _Handler:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
             if liveview.enabled() and head.split(b" ", 2)[1:2] and \
                     head.split(b" ", 2)[1].startswith(b"/live"):
-                await liveview.serve(head, reader, writer)  # the live view's own answers
+                await liveview.serve(head, writer)  # the live view's own answers
                 return
             status, kind, body = await self.answer(head)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,

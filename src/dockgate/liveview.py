@@ -184,10 +184,8 @@ def _headers(head: bytes) -> dict[str, str]:
             (line.partition(":") for line in lines) if sep}
 
 
-async def serve(head: bytes, reader: asyncio.StreamReader,
-                writer: asyncio.StreamWriter) -> None:
+async def serve(head: bytes, writer: asyncio.StreamWriter) -> None:
     """Answer one admin request for a ``/live`` path (the admin handler calls this)."""
-    del reader  # requests to the view have no body
     method, target = head.split(b" ", 2)[:2]
     split = urlsplit(target.decode("ascii", "replace"))
     query = parse_qs(split.query)
