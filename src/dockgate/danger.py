@@ -9,7 +9,7 @@ carries none of the constraints that keep that operation harmless. Constraints
 are recognised by the grant's attributes (``CONSTRAINTS``): ``create_deny`` must
 cover every check of ``ROOT_CREATE_CHECKS`` for ``container.create``; for the
 other operations any constraint attribute the policy model defines for them
-(``exec_deny`` for exec bodies, ``volume_deny`` for volume driver options) that is
+(``exec_rules`` for exec bodies, ``volume_deny`` for volume driver options) that is
 set marks the grant as judged. An attribute the model does not have yet counts as
 absent, so a grant is flagged until the model can constrain it.
 

@@ -72,6 +72,11 @@ def _read(path: str) -> tuple[str, str]:
         raise ConfigError(f"{path}: cannot read the policy file ({error})") from None
 
 
+def read_text(path: str) -> tuple[str, str]:
+    """The text of a policy file or of ``preset:NAME``, and its label for messages."""
+    return _read(path)
+
+
 def load_file(path: str) -> PolicyDecider:
     """The decider of a policy file or of ``preset:NAME``; ConfigError if invalid."""
     content, label = _read(path)

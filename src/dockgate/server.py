@@ -355,7 +355,7 @@ class Proxy:
         self.bound: list[str] = []
         self.owns_files = False
         self.quiet: asyncio.Event | None = None
-        self.recorder = learnlog.recorder(settings.learn, settings.learn_max_bytes)
+        self.recorder = learnlog.recorder(settings)
 
     async def start(self, bound: list[BoundListener] | None = None) -> None:
         """Serve on ``bound`` (sockets a supervisor bound before forking), else bind now.
