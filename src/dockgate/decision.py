@@ -101,6 +101,7 @@ class Allow:
     rule: str
     target: str | None = None  # forward this raw target instead of the client's
     response_filter: ResponseFilter | None = None
+    body: bytes | None = None  # forward this body (an inspected one, rewritten) instead
 
 
 @dataclass(frozen=True)

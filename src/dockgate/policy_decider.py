@@ -36,6 +36,13 @@ from dockgate.decision import (
     Request,
 )
 from dockgate.policy_match import ClientRule, ContainerScope, QueryRule, image_matches, primary_name
+from dockgate.policy_owner import (
+    OWNED_CREATES,
+    ImageList,
+    OwnershipError,
+    owner_body,
+    pull_reference,
+)
 
 LIST_OPERATION = "container.list"
 EVENTS_OPERATION = "system.events"
@@ -104,6 +111,7 @@ class Grant:
     images: tuple[str, ...] | None = None
     query: tuple[QueryRule, ...] = ()
     create_deny: frozenset[str] | None = None
+    image_list: ImageList | None = None  # images_from: a file of approved images
 
     @property
     def rule(self) -> str:
@@ -115,9 +123,16 @@ class Grant:
 
     def admits_image_ref(self, match: routes.Match, param: str | None) -> bool:
         """Image scope of an image operation: the path name or ``fromImage`` must match."""
-        if self.images is None or match.operation == CREATE_OPERATION:
+        if match.operation == CREATE_OPERATION:
             return True
         query = match.target.query_params()
+        if self.image_list is not None:
+            # Exact references only: a pull needs one tag or digest (none pulls them all).
+            ref = match.params[param] if param is not None else pull_reference(query)
+            tagging = match.route.template.endswith("/tag")
+            return not tagging and self.image_list.admits(ref)
+        if self.images is None:
+            return True
         refs = [match.params[param] if param is not None else _reference(query, "fromImage")]
         if match.route.template.endswith("/tag"):
             refs.append(_reference(query, "repo"))
@@ -126,7 +141,8 @@ class Grant:
     @property
     def needs_body(self) -> bool:
         return CREATE_OPERATION in self.operations and (
-            self.create_deny is not None or self.images is not None)
+            self.create_deny is not None or self.images is not None
+            or self.image_list is not None)
 
     def body_problem(self, body: bytes) -> str | None:
         """Why a create body breaks this grant's constraints, or None."""
@@ -138,6 +154,8 @@ class Grant:
             return f"the create body asks for {problems[0]}"
         if self.images is not None and not (image and image_matches(image, self.images)):
             return f"image {image!r} is not among {', '.join(self.images)}"
+        if self.image_list is not None and not self.image_list.admits(image):
+            return f"image {image!r} is not among {self.image_list.describe()}"
         return None
 
 
@@ -201,6 +219,7 @@ class Policy:
 
     name: str
     grants: list[Grant]
+    owner: str | None = None  # the dockgate.owner label of what this policy's client creates
     index: dict[str, OperationIndex] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -262,6 +281,12 @@ class PolicyDecider:
     def name(self) -> str:
         return f"policy:{self.label}"
 
+    @property
+    def watched(self) -> tuple[str, ...]:
+        """The image-list files this policy read: a change to one reloads it."""
+        return tuple(sorted({grant.image_list.path for policy in self.policies.values()
+                             for grant in policy.grants if grant.image_list is not None}))
+
     def policy_for(self, client: Client) -> Policy | None:
         """The first client rule that matches, else the listener's default, else none."""
         for rule in self.clients:
@@ -289,6 +314,9 @@ class PolicyDecider:
             return self._filtered(request, policy, index, operation, params)
         decision = self._decide(request, policy, index, match=match, facts=facts,
                                 params=params)
+        if policy.owner is not None and operation in OWNED_CREATES \
+                and isinstance(decision, Allow):
+            return _owned(request, policy.owner, decision, facts)
         if operation != START_OPERATION or isinstance(decision, Deny):
             return decision
         if facts.body is None:
@@ -365,6 +393,19 @@ class PolicyDecider:
                 return Allow(rule=grant.rule,
                              target=match.with_param(param, resolved.id))
         return _query_denied(request, policy, operation)
+
+
+def _owned(request: Request, owner: str, allowed: Allow, facts: Facts) -> Decision:
+    """An owner's create: forward the body with the owner label merged in, or deny."""
+    if facts.body is None:
+        return NeedFacts(body=True)
+    operation = request.match.operation if request.match is not None else ""
+    try:
+        body = owner_body(operation, facts.body, owner)
+    except OwnershipError as error:
+        return _denied(request, f"{operation}: {error}", "dockgate labels what this client "
+                       "creates as its own; send the body without that", rule=allowed.rule)
+    return Allow(rule=allowed.rule, target=allowed.target, body=body)
 
 
 def _query_denied(request: Request, policy: Policy, operation: str) -> Deny:

@@ -9,6 +9,7 @@ warning that ``dockgate policy lint`` prints.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Any
@@ -35,12 +36,13 @@ from dockgate.policy_match import (
     normalize_pattern,
     normalize_query_value,
 )
+from dockgate.policy_owner import OWNER_LABEL, OWNER_NAME, ImageList, read_image_list
 from dockgate.policy_yaml import Source, compose, integer, mapping, sequence, suggest, text, texts
 
 _TOP_KEYS = ("version", "policies", "clients", "listeners", "default")
-_POLICY_KEYS = ("description", "grants")
-_GRANT_KEYS = ("allow", "containers", "images", "query", "create")
-_CONTAINER_KEYS = ("names", "globs", "labels")
+_POLICY_KEYS = ("description", "owner", "grants")
+_GRANT_KEYS = ("allow", "containers", "images", "images_from", "query", "create")
+_CONTAINER_KEYS = ("names", "globs", "labels", "owned")
 _CREATE_KEYS = ("deny",)
 _CLIENT_KEYS = ("name", "policy", "address", "uid", "gid", "cert_cn", "cert_san", "listener")
 
@@ -105,26 +107,34 @@ class _Compiler:
         policies: dict[str, Policy] = {}
         lines: dict[str, int] = {}
         for name, key_node, body in mapping(node, self.source, "policies"):
+            parts = {key: value for key, _key_node, value
+                     in mapping(body, self.source, f"policy {name!r}", _POLICY_KEYS)}
+            if "description" in parts:
+                text(parts["description"], self.source, "description")
+            owner = self.owner(parts["owner"]) if "owner" in parts else None
             grants: list[Grant] = []
-            for key, _key_node, value in mapping(body, self.source, f"policy {name!r}",
-                                                 _POLICY_KEYS):
-                if key == "description":
-                    text(value, self.source, "description")
-                else:
-                    items = sequence(value, self.source, f"policy {name!r} grants")
-                    grants = [self.grant(name, number, item)
-                              for number, item in enumerate(items, start=1)]
+            if "grants" in parts:
+                items = sequence(parts["grants"], self.source, f"policy {name!r} grants")
+                grants = [self.grant(name, number, item, owner)
+                          for number, item in enumerate(items, start=1)]
             if not grants:
                 raise self.source.error(key_node, f"policy {name!r} has no grants; list them "
                                         "under grants: (a policy that allows nothing needs no "
                                         "definition: unbound clients get nothing)")
-            policies[name] = Policy(name, grants)
+            policies[name] = Policy(name, grants, owner=owner)
             lines[name] = key_node.start_mark.line + 1
         if not policies:
             raise self.source.error(node, "policies: is empty; define at least one policy")
         return policies, lines
 
-    def grant(self, policy: str, number: int, node: yaml.Node) -> Grant:
+    def owner(self, node: yaml.Node) -> str:
+        owner = text(node, self.source, "owner")
+        if not OWNER_NAME.fullmatch(owner):
+            raise self.source.error(node, f"owner {owner!r} is not a label value dockgate "
+                                    "can use: letters, digits, _ . - (at most 63)")
+        return owner
+
+    def grant(self, policy: str, number: int, node: yaml.Node, owner: str | None) -> Grant:
         parts = {key: (key_node, value) for key, key_node, value
                  in mapping(node, self.source, f"policy {policy!r} grant {number}", _GRANT_KEYS)}
         if "allow" not in parts:
@@ -137,8 +147,16 @@ class _Compiler:
         if "containers" in parts and "images" in parts:
             raise self.source.error(parts["images"][0], "a grant is scoped by containers: or "
                                     "by images:, not both; split it into two grants")
+        image_list: ImageList | None = None
+        if "images" in parts and "images_from" in parts:
+            raise self.source.error(parts["images_from"][0], "a grant takes images: or "
+                                    "images_from:, not both; split it into two grants")
+        if "containers" in parts and "images_from" in parts:
+            raise self.source.error(parts["images_from"][0], "a grant is scoped by "
+                                    "containers: or by images_from:, not both; split it into "
+                                    "two grants")
         if "containers" in parts:
-            containers = self.container_scope(parts["containers"][1])
+            containers = self.container_scope(parts["containers"][1], owner)
             explicit, from_globs = self.applicable(
                 parts["allow"][1], explicit, from_globs=from_globs,
                 scopable=self.ops.container_scopable, scope="containers:",
@@ -149,6 +167,19 @@ class _Compiler:
             explicit, from_globs = self.applicable(
                 parts["allow"][1], explicit, from_globs=from_globs,
                 scopable=self.ops.image_scopable, scope="images:", why="names no image")
+        if "images_from" in parts:
+            # A relative path is read beside the policy file (a preset has no folder).
+            folder = "" if self.source.label.startswith("preset:") else os.path.dirname(
+                self.source.label)
+            image_list = read_image_list(os.path.join(folder, text(
+                parts["images_from"][1], self.source, "images_from")))
+            if image_list.missing:
+                self.warnings.append(f"{self.at(parts['images_from'][1])}: {image_list.path} "
+                                     "does not exist (yet): no image is approved until it "
+                                     "does")
+            explicit, from_globs = self.applicable(
+                parts["allow"][1], explicit, from_globs=from_globs,
+                scopable=self.ops.image_scopable, scope="images_from:", why="names no image")
         query = self.query(parts["query"][1]) if "query" in parts else ()
         create_deny = None
         if "create" in parts:
@@ -158,12 +189,20 @@ class _Compiler:
                                         "container.create, which this grant does not allow; "
                                         "add it to allow: or remove create:")
         operations_ = frozenset({op for op, _ in explicit} | from_globs)
-        if CREATE_OPERATION in operations_ and create_deny is None and images is None:
+        if owner is not None and containers is None:
+            unscoped = sorted(operations_ & self.ops.container_scopable)
+            if unscoped:
+                raise self.source.error(node, f"policy {policy!r} has owner: {owner}, so its "
+                                        f"container operations need a containers: scope "
+                                        f"({', '.join(unscoped)}); write containers: "
+                                        "{owned: true}")
+        if CREATE_OPERATION in operations_ and create_deny is None and images is None \
+                and image_list is None:
             self.warnings.append(f"{where}: grants container.create without create: or "
                                  "images: constraints; that is root on the host (a bind mount "
                                  "of / or privileged mode)")
         return Grant(policy, number, where, operations_, containers, images, query,
-                     create_deny)
+                     create_deny, image_list)
 
     def operation_names(self, node: yaml.Node) -> tuple[list[tuple[str, yaml.Node]],
                                                          set[str]]:
@@ -202,7 +241,7 @@ class _Compiler:
                                     f"{scope}; grant them without it")
         return explicit, kept
 
-    def container_scope(self, node: yaml.Node) -> ContainerScope:
+    def container_scope(self, node: yaml.Node, owner: str | None) -> ContainerScope:
         names: set[str] = set()
         globs: list[str] = []
         labels: list[tuple[str, str]] = []
@@ -220,6 +259,14 @@ class _Compiler:
                     names.add(name)
             elif key == "globs":
                 globs.extend(glob for glob, _ in texts(value, self.source, "globs"))
+            elif key == "owned":
+                if text(value, self.source, "owned") != "true":
+                    raise self.source.error(value, "owned: takes true (leave it out "
+                                            "otherwise)")
+                if owner is None:
+                    raise self.source.error(value, "owned: true needs the policy's owner: "
+                                            "NAME (the dockgate.owner label dockgate adds)")
+                labels.append((OWNER_LABEL, owner))
             else:
                 for label, _label_node, label_value in mapping(value, self.source, "labels"):
                     labels.append((label, text(label_value, self.source, f"label {label}")))

@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from dockgate import http1, logs, metrics, routes
+from dockgate import http1, logs, metrics, routes, watch
 from dockgate.decision import (
     NO_FACTS,
     Allow,
@@ -767,6 +767,8 @@ class ClientConnection(asyncio.Protocol):
             return self._answer_error(500, "dockgate: internal error deciding this "
                                       "request", head, close=True), 500
         stream = match.route.stream if match is not None else routes.Stream.PLAIN
+        if decision.body is not None:
+            body = decision.body  # the inspected body as the decider rewrote it
         return await self._forward(head, decision, stream, body, record)
 
     def _decide(self, decider: Decider, request: Request, facts: Facts) -> Decision:
@@ -1219,8 +1221,10 @@ async def serve(settings: Settings, decider: Decider,
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    watcher = None
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, proxy.reload, reload)
+        watcher = asyncio.ensure_future(watch.watch(proxy, reload))
     if bound is None:
         log.info("listening on %s, forwarding to %s, decisions by %s",
                  ", ".join(proxy.bound), settings.upstream_url, decider.name)
@@ -1233,6 +1237,8 @@ async def serve(settings: Settings, decider: Decider,
         log.info("worker serving (pid %d)", os.getpid())
     await stop.wait()
     log.info("shutting down")
+    if watcher is not None:
+        watcher.cancel()
     await proxy.shutdown()
     return 0
 
