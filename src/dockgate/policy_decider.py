@@ -234,6 +234,7 @@ class ContainerFilter:
 
     mode: Literal["json-list", "json-lines"]
     scopes: tuple[ContainerScope, ...]
+    list_key: str | None = None
 
     def keep(self, item: Mapping[str, Any]) -> bool:
         """List items by ``Names``/``Labels``; events by ``Actor``; other events dropped."""

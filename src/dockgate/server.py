@@ -66,6 +66,7 @@ from dockgate.decision import (
     Decider,
     Decision,
     Deny,
+    ErrorAnswer,
     Facts,
     NeedFacts,
     Request,
@@ -733,13 +734,22 @@ class ClientConnection(asyncio.Protocol):
                 decision = self._decide(decider, request, facts)
                 if not isinstance(decision, NeedFacts):
                     break
+                upstream = self.proxy.upstream
                 containers = dict(facts.containers)
                 for ref in decision.containers:
                     if ref not in containers:
-                        containers[ref] = await self.proxy.upstream.container_facts(ref)
+                        containers[ref] = await upstream.container_facts(ref)
+                execs = dict(facts.execs)
+                for ref in decision.execs:
+                    if ref not in execs:
+                        execs[ref] = await upstream.exec_facts(ref)
+                volumes = dict(facts.volumes)
+                for ref in decision.volumes:
+                    if ref not in volumes:
+                        volumes[ref] = await upstream.volume_facts(ref)
                 if decision.body and body is None:
                     body = await self._read_whole_body(head)
-                facts = Facts(containers=containers, body=body)
+                facts = Facts(containers=containers, body=body, execs=execs, volumes=volumes)
             else:
                 decision = Deny(f"dockgate: {head.method} {target.api_path} denied — the "
                                 "policy could not decide it", rule="undecidable")
@@ -759,6 +769,11 @@ class ClientConnection(asyncio.Protocol):
         record["decision"] = "allow"
         if decision.target is not None:
             record["forwarded"] = decision.target  # the pinned target (resolved full ID)
+        if decision.body is not None and head.has_body and body is None:
+            log.error("decider %s replaced a body it never read", decider.name)
+            record["decision"] = "error"
+            return self._answer_error(500, "dockgate: internal error deciding this "
+                                      "request", head, close=True), 500
         if decision.target is not None and not _valid_target(decision.target):
             # Deciders are ours, but a rewritten target is a header line: never trust it blind.
             log.error("decider %s returned an invalid target %r", decider.name,
@@ -768,7 +783,7 @@ class ClientConnection(asyncio.Protocol):
                                       "request", head, close=True), 500
         stream = match.route.stream if match is not None else routes.Stream.PLAIN
         if decision.body is not None:
-            body = decision.body  # the inspected body as the decider rewrote it
+            body = decision.body  # e.g. a volume create with the owner label added
         return await self._forward(head, decision, stream, body, record)
 
     def _decide(self, decider: Decider, request: Request, facts: Facts) -> Decision:
@@ -851,7 +866,8 @@ class ClientConnection(asyncio.Protocol):
                 return self._answer_error(502, error.message, head,
                                           close=head.has_body and body is None), 502
             exchange = Exchange(self, conn, head, response_filter=allow.response_filter,
-                                stream=stream, upgrade=upgrade)
+                                stream=stream, upgrade=upgrade,
+                                error_answer=allow.error_answer)
             conn.sink = exchange
             conn.reader.expect(head.method)
             self.upstream = conn
@@ -1006,11 +1022,13 @@ class Exchange:
 
     def __init__(self, client: ClientConnection, conn: UpstreamConnection,
                  head: http1.RequestHead, *, response_filter: ResponseFilter | None,
-                 stream: routes.Stream, upgrade: bytes | None) -> None:
+                 stream: routes.Stream, upgrade: bytes | None,
+                 error_answer: ErrorAnswer | None = None) -> None:
         self.client = client
         self.conn = conn
         self.head = head
         self.filter = response_filter
+        self.error_answer = error_answer
         self.stream = stream
         self.upgrade = upgrade
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -1098,6 +1116,8 @@ class Exchange:
             if response.content_length is not None and (request.method == "HEAD"
                                                         or status == 304):
                 headers.append((b"Content-Length", b"%d" % response.content_length))
+        elif status >= 400 and self.error_answer is not None:
+            self.mode = "collect"  # rewritten whole at the end (_send_collected)
         elif self.filter is not None and self.filter.mode == "json-list":
             self.mode = "collect"
         elif self.filter is not None:
@@ -1174,7 +1194,10 @@ class Exchange:
                     self.out.append(piece)
 
     def _end(self) -> None:
-        if self.mode == "collect":
+        if self.mode == "collect" and self.status >= 400 and self.error_answer is not None:
+            self._send_collected(self.error_answer.rewrite(self.status,
+                                                           b"".join(self._collected)))
+        elif self.mode == "collect":
             self._send_filtered_list()
         elif self.mode in ("lines", "lines-close"):
             if self._line.strip():
@@ -1188,15 +1211,26 @@ class Exchange:
 
     def _send_filtered_list(self) -> None:
         assert self.filter is not None
+        key = self.filter.list_key
         try:
-            items = json.loads(b"".join(self._collected)) if self._collected else []
+            document = json.loads(b"".join(self._collected)) if self._collected else []
         except ValueError:
-            items = None
+            document = None
+        items = document
+        if key is not None:
+            # GET /volumes answers {"Volumes": [...] or null, "Warnings": ...}.
+            items = (document.get(key) or []) if isinstance(document, dict) else None
         if not isinstance(items, list):
             self._fail("dockgate: the daemon's answer is not the JSON list the policy filters")
             return
         kept = [item for item in items if isinstance(item, dict) and self.filter.keep(item)]
-        body = json.dumps(kept).encode() + b"\n"
+        if key is not None:
+            assert isinstance(document, dict)
+            self._send_collected(json.dumps({**document, key: kept}).encode() + b"\n")
+        else:
+            self._send_collected(json.dumps(kept).encode() + b"\n")
+
+    def _send_collected(self, body: bytes) -> None:
         headers = [*self._headers, (b"Content-Length", b"%d" % len(body))]
         self.started = True
         self.out += (http1.response_head(self.status, headers), body)
