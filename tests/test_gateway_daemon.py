@@ -164,6 +164,8 @@ def gateway(docker_client: docker.DockerClient, busybox_image: str,
         discard(container)
     for container in (standin, backend, box):
         discard(container)
+    for network in docker_client.networks.list(filters={"label": f"dockgate.owner={OWNER}"}):
+        network.remove()
 
 
 def test_the_gateways_docker_run_works_through_the_unix_listener(gateway: Gateway) -> None:
@@ -274,6 +276,41 @@ def test_containers_the_gateway_does_not_own_are_out_of_reach(
     assert "dockgate:" in output, output
     assert "denied" in output, output
     assert snapshot(gateway.client, names) == before
+
+
+def test_the_gateway_connects_its_containers_to_its_networks_only(
+        gateway: Gateway, docker_client: docker.DockerClient) -> None:
+    """Networks it creates are its own; the backend or a foreign network stay out of reach.
+
+    The container is created, never started, so no interface is set up.
+    """
+    first, second = unique_name("gwnet"), unique_name("gwnet")
+    for name in (first, second):
+        code, output = gateway.docker("network", "create", "--internal", name)
+        assert code == 0, output
+    assert docker_client.networks.get(first).attrs["Labels"] == {"dockgate.owner": OWNER}
+    code, cid = gateway.docker("create", "--network", first, "--label", "docker-mcp=true",
+                               APPROVED, "true")
+    assert code == 0, cid
+    cid = cid.strip()
+    code, output = gateway.docker("network", "connect", second, cid)
+    assert code == 0, output
+    attached = docker_client.api.inspect_container(cid)["NetworkSettings"]["Networks"]
+    assert sorted(attached) == sorted([first, second])
+    foreign = docker_client.networks.create(unique_name("net"), internal=True)
+    try:
+        names = [gateway.backend.name, gateway.dockgate_box.name]
+        before = snapshot(gateway.client, names)
+        for network, container in ((second, gateway.backend.name), (foreign.name, cid)):
+            code, output = gateway.docker("network", "connect", network, container)
+            assert code != 0, output
+            assert "dockgate:" in output, output
+            assert "not granted" in output, output
+        assert snapshot(gateway.client, names) == before
+        assert docker_client.api.inspect_container(gateway.backend.id)["NetworkSettings"][
+            "Networks"].keys() == {"none"}
+    finally:
+        foreign.remove()
 
 
 def relay(gateway: Gateway, tmp_path: Path, servers: list[dict[str, str]]) -> None:

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from dockgate import bodies, policy
-from dockgate.decision import Allow, Deny
+from dockgate.decision import (
+    Allow,
+    ContainerFacts,
+    Decision,
+    Deny,
+    Facts,
+    NeedFacts,
+    NetworkFacts,
+)
 from dockgate.errors import ConfigError
 from dockgate.policy_owner import (
     OWNER_LABEL,
@@ -25,7 +33,7 @@ from dockgate.policy_owner import (
     pull_reference,
     read_image_list,
 )
-from test_policy import GW_ID, OTHER_ID, decide, gw
+from test_policy import GW_ID, LOCAL, OTHER_ID, decide, gw, request
 
 DIGEST = "sha256:" + "c3" * 32
 CLEAN_CREATE = b'{"Image": "mcp/echo:1", "HostConfig": {"NetworkMode": "none"}}'
@@ -281,3 +289,95 @@ def test_ownership_mistakes_in_a_policy_file_are_errors(text: str, error: str) -
     """An owner policy that would leave container operations unscoped must not load."""
     with pytest.raises(ConfigError, match=error):
         policy.compile_text(textwrap.dedent(text), "p.yaml")
+
+
+NET_ID = "e5" * 32
+
+
+def network_policy() -> policy.PolicyDecider:
+    return policy.compile_text(textwrap.dedent("""\
+        policies:
+          gateway:
+            owner: mcp-gateway
+            grants:
+              - allow: [network.connect, network.delete]
+                networks: {owned: true}
+        default: gateway
+        """), "n.yaml")
+
+
+def decide_network(body: bytes, network: NetworkFacts | None,
+                   container: ContainerFacts | None,
+                   target: str = "/networks/net/connect") -> Decision:
+    decider = network_policy()
+    req = request("POST" if target.endswith("connect") else "DELETE", target)
+    facts = Facts()
+    for _ in range(4):
+        decision = decider.decide(LOCAL, req, facts)
+        if not isinstance(decision, NeedFacts):
+            return decision
+        facts = Facts(body=body if decision.body else facts.body,
+                      networks={**facts.networks, **dict.fromkeys(decision.networks, network)},
+                      containers={**facts.containers,
+                                  **dict.fromkeys(decision.containers, container)})
+    raise AssertionError("the decider kept asking for facts")
+
+
+OWNED = {OWNER_LABEL: "mcp-gateway"}
+
+
+def test_an_owner_connects_its_container_to_its_network_by_full_ids() -> None:
+    """Both references are resolved and forwarded pinned: path and the body's Container."""
+    decision = decide_network(b'{"Container": "srv", "EndpointConfig": {}}',
+                              NetworkFacts(NET_ID, "net", OWNED), gw("srv", GW_ID, **OWNED))
+    assert isinstance(decision, Allow)
+    assert decision.target == f"/networks/{NET_ID}/connect"
+    assert decision.body is not None
+    assert bodies.parse(decision.body)["container"] == GW_ID
+
+
+@pytest.mark.parametrize(("network", "container", "why"), [
+    (NetworkFacts(NET_ID, "net", {}), gw("srv", GW_ID, **OWNED), "network 'net'"),
+    (NetworkFacts(NET_ID, "net", {OWNER_LABEL: "other"}), gw("srv", GW_ID, **OWNED),
+     "network 'net'"),
+    (None, gw("srv", GW_ID, **OWNED), "network 'net'"),
+    (NetworkFacts("e5", "net", OWNED), gw("srv", GW_ID, **OWNED), "network 'net'"),
+    (NetworkFacts(NET_ID, "net", OWNED), gw("backend", GW_ID), "container 'srv'"),
+    (NetworkFacts(NET_ID, "net", OWNED), None, "container 'srv'"),
+])
+def test_a_connect_outside_what_the_owner_created_is_denied(
+        network: NetworkFacts | None, container: ContainerFacts | None, why: str) -> None:
+    """A foreign network, or a foreign container (the backend) on an owned one: denied."""
+    decision = decide_network(b'{"Container": "srv"}', network, container)
+    assert isinstance(decision, Deny)
+    assert why in decision.message
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"Container": 5}', b"[1]"])
+def test_a_connect_body_that_names_no_container_is_denied(body: bytes) -> None:
+    """What cannot be resolved cannot be checked."""
+    decision = decide_network(body, NetworkFacts(NET_ID, "net", OWNED), None)
+    assert isinstance(decision, Deny)
+
+
+def test_deleting_an_owned_network_needs_no_body_and_pins_its_id() -> None:
+    """Operations without a container in the body check the network alone."""
+    decision = decide_network(b"", NetworkFacts(NET_ID, "net", OWNED), None,
+                              target="/networks/net")
+    assert isinstance(decision, Allow)
+    assert decision.target == f"/networks/{NET_ID}"
+    assert decision.body is None
+
+
+def test_network_scopes_need_an_owner_and_owner_policies_need_network_scopes() -> None:
+    """An owner's network.connect unscoped could attach anything anywhere."""
+    with pytest.raises(ConfigError, match="need a networks: scope"):
+        policy.compile_text("policies:\n  p:\n    owner: gw\n    grants:\n"
+                            "      - allow: [network.connect]\n", "p.yaml")
+    with pytest.raises(ConfigError, match="needs the policy's owner"):
+        policy.compile_text("policies:\n  p:\n    grants:\n      - allow: [network.connect]\n"
+                            "        networks: {owned: true}\n", "p.yaml")
+    with pytest.raises(ConfigError, match="cannot be scoped by networks:"):
+        policy.compile_text("policies:\n  p:\n    owner: gw\n    grants:\n"
+                            "      - allow: [network.create]\n"
+                            "        networks: {owned: true}\n", "p.yaml")

@@ -37,9 +37,13 @@ from dockgate.decision import (
 )
 from dockgate.policy_match import ClientRule, ContainerScope, QueryRule, image_matches, primary_name
 from dockgate.policy_owner import (
+    CONNECT_OPERATIONS,
     OWNED_CREATES,
+    OWNER_LABEL,
     ImageList,
     OwnershipError,
+    append_member,
+    connect_container,
     owner_body,
     pull_reference,
 )
@@ -64,6 +68,7 @@ class Operations:
     # operation -> the path parameter naming the one container or image it acts on
     container_ref: Mapping[str, str]
     image_ref: Mapping[str, str | None]  # None: the image is in ?fromImage= (pull)
+    network_ref: frozenset[str] = frozenset()  # operations on one network in the path
 
     @classmethod
     def from_routes(cls, table: Iterable[routes.Route]) -> Operations:
@@ -72,14 +77,17 @@ class Operations:
             by_op.setdefault(route.operation, []).append(route)
         container_ref: dict[str, str] = {}
         image_ref: dict[str, str | None] = {}
+        network_ref: set[str] = set()
         for op, rows in by_op.items():
+            if all("network" in r.param_names for r in rows):
+                network_ref.add(op)
             if all("container" in r.param_names for r in rows):
                 container_ref[op] = "container"
             elif all("image" in r.param_names for r in rows):
                 image_ref[op] = "image"
             elif all(r.template == "/images/create" for r in rows):
                 image_ref[op] = None
-        return cls(frozenset(by_op), container_ref, image_ref)
+        return cls(frozenset(by_op), container_ref, image_ref, frozenset(network_ref))
 
     @property
     def container_scopable(self) -> frozenset[str]:
@@ -112,6 +120,7 @@ class Grant:
     query: tuple[QueryRule, ...] = ()
     create_deny: frozenset[str] | None = None
     image_list: ImageList | None = None  # images_from: a file of approved images
+    network_owner: str | None = None  # networks: {owned: true}: networks with this owner
 
     @property
     def rule(self) -> str:
@@ -175,9 +184,13 @@ class OperationIndex:
     open: list[Grant] = field(default_factory=list)       # no container scope
     by_name: dict[str, list[Grant]] = field(default_factory=dict)
     patterns: list[Grant] = field(default_factory=list)   # globs or labels
+    networks: list[Grant] = field(default_factory=list)   # networks: {owned: true}
 
     def add(self, grant: Grant) -> None:
         scope = grant.containers
+        if grant.network_owner is not None:
+            self.networks.append(grant)
+            return
         if scope is None:
             self.open.append(grant)
             return
@@ -311,6 +324,11 @@ class PolicyDecider:
             return _denied(request, f"{operation} is not granted by policy {policy.name!r}",
                            self.grant_hint, rule=f"policy {policy.name!r}")
         params = match.target.query_params()
+        if index.networks and not index.open and "network" in match.params:
+            admitted = [g for g in index.networks if g.admits_query(operation, params)]
+            if not admitted:
+                return _query_denied(request, policy, operation)
+            return _owned_network(request, match, admitted, facts)
         if operation in (LIST_OPERATION, EVENTS_OPERATION):
             return self._filtered(request, policy, index, operation, params)
         decision = self._decide(request, policy, index, match=match, facts=facts,
@@ -407,6 +425,52 @@ def _owned(request: Request, owner: str, allowed: Allow, facts: Facts) -> Decisi
         return _denied(request, f"{operation}: {error}", "dockgate labels what this client "
                        "creates as its own; send the body without that", rule=allowed.rule)
     return Allow(rule=allowed.rule, target=allowed.target, body=body)
+
+
+def _owned_network(request: Request, match: routes.Match, grants: list[Grant],
+                   facts: Facts) -> Decision:
+    """A network operation of an owner: the network, and a connected container, are its own.
+
+    Both are resolved through the daemon and forwarded by full ID (the network in
+    the path, the container as the body's last ``Container`` member), so the
+    objects checked are the objects the daemon acts on.
+    """
+    grant = grants[0]
+    owner = grant.network_owner
+    operation = match.operation
+    reference = match.params["network"]
+    with_container = operation in CONNECT_OPERATIONS
+    if with_container and facts.body is None:
+        return NeedFacts(body=True)
+    container_ref = None
+    if with_container and facts.body is not None:
+        try:
+            container_ref = connect_container(facts.body)
+        except OwnershipError as error:
+            return _denied(request, f"{operation}: {error}", "name the container to "
+                           "connect in Container", rule=grant.rule)
+    missing_network = () if reference in facts.networks else (reference,)
+    missing_container = () if container_ref is None or container_ref in facts.containers \
+        else (container_ref,)
+    if missing_network or missing_container:
+        return NeedFacts(networks=missing_network, containers=missing_container,
+                         body=with_container)
+    network = facts.networks[reference]
+    if network is None or not _FULL_ID.fullmatch(network.id) \
+            or network.labels.get(OWNER_LABEL) != owner:
+        return _denied(request, f"{operation} of network {reference!r} is not granted",
+                       f"only networks this client created (labelled {OWNER_LABEL}={owner})",
+                       rule=grant.rule)
+    body = None
+    if container_ref is not None and facts.body is not None:
+        container = facts.containers[container_ref]
+        if container is None or not _FULL_ID.fullmatch(container.id) \
+                or container.labels.get(OWNER_LABEL) != owner:
+            return _denied(request, f"{operation} of container {container_ref!r} is not "
+                           "granted", f"only containers this client created (labelled "
+                           f"{OWNER_LABEL}={owner})", rule=grant.rule)
+        body = append_member(facts.body, "Container", container.id)
+    return Allow(rule=grant.rule, target=match.with_param("network", network.id), body=body)
 
 
 def _query_denied(request: Request, policy: Policy, operation: str) -> Deny:

@@ -41,7 +41,7 @@ from dockgate.policy_yaml import Source, compose, integer, mapping, sequence, su
 
 _TOP_KEYS = ("version", "policies", "clients", "listeners", "default")
 _POLICY_KEYS = ("description", "owner", "grants")
-_GRANT_KEYS = ("allow", "containers", "images", "images_from", "query", "create")
+_GRANT_KEYS = ("allow", "containers", "networks", "images", "images_from", "query", "create")
 _CONTAINER_KEYS = ("names", "globs", "labels", "owned")
 _CREATE_KEYS = ("deny",)
 _CLIENT_KEYS = ("name", "policy", "address", "uid", "gid", "cert_cn", "cert_san", "listener")
@@ -155,6 +155,18 @@ class _Compiler:
             raise self.source.error(parts["images_from"][0], "a grant is scoped by "
                                     "containers: or by images_from:, not both; split it into "
                                     "two grants")
+        network_owner = None
+        if "networks" in parts:
+            others = sorted({"containers", "images", "images_from"} & set(parts))
+            if others:
+                raise self.source.error(parts["networks"][0], f"a grant is scoped by networks:"
+                                        f" or by {others[0]}:, not both; split it into two "
+                                        "grants")
+            network_owner = self.network_scope(parts["networks"][1], owner)
+            explicit, from_globs = self.applicable(
+                parts["allow"][1], explicit, from_globs=from_globs,
+                scopable=self.ops.network_ref, scope="networks:",
+                why="names no existing network")
         if "containers" in parts:
             containers = self.container_scope(parts["containers"][1], owner)
             explicit, from_globs = self.applicable(
@@ -196,13 +208,20 @@ class _Compiler:
                                         f"container operations need a containers: scope "
                                         f"({', '.join(unscoped)}); write containers: "
                                         "{owned: true}")
+        if owner is not None and network_owner is None:
+            unscoped = sorted(operations_ & self.ops.network_ref)
+            if unscoped:
+                raise self.source.error(node, f"policy {policy!r} has owner: {owner}, so its "
+                                        f"network operations need a networks: scope "
+                                        f"({', '.join(unscoped)}); write networks: "
+                                        "{owned: true}")
         if CREATE_OPERATION in operations_ and create_deny is None and images is None \
                 and image_list is None:
             self.warnings.append(f"{where}: grants container.create without create: or "
                                  "images: constraints; that is root on the host (a bind mount "
                                  "of / or privileged mode)")
         return Grant(policy, number, where, operations_, containers, images, query,
-                     create_deny, image_list)
+                     create_deny, image_list, network_owner)
 
     def operation_names(self, node: yaml.Node) -> tuple[list[tuple[str, yaml.Node]],
                                                          set[str]]:
@@ -240,6 +259,18 @@ class _Compiler:
             raise self.source.error(allow, f"no operation of this grant can be scoped by "
                                     f"{scope}; grant them without it")
         return explicit, kept
+
+    def network_scope(self, node: yaml.Node, owner: str | None) -> str:
+        """``networks: {owned: true}``: the networks this policy's client created."""
+        parts = {key: value for key, _key_node, value
+                 in mapping(node, self.source, "networks", ("owned",))}
+        if "owned" not in parts or text(parts["owned"], self.source, "owned") != "true":
+            raise self.source.error(node, "networks: takes owned: true (the networks this "
+                                    "client created)")
+        if owner is None:
+            raise self.source.error(node, "networks: {owned: true} needs the policy's owner: "
+                                    "NAME (the dockgate.owner label dockgate adds)")
+        return owner
 
     def container_scope(self, node: yaml.Node, owner: str | None) -> ContainerScope:
         names: set[str] = set()

@@ -39,6 +39,8 @@ from dockgate.policy_match import normalize_image
 OWNER_LABEL = "dockgate.owner"
 # The create operations whose objects carry the owner label.
 OWNED_CREATES = frozenset({"container.create", "network.create", "volume.create"})
+# Network operations whose body names a container (it must be owned too).
+CONNECT_OPERATIONS = frozenset({"network.connect", "network.disconnect"})
 # An owner name is a label value the docs can quote without escaping.
 OWNER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 # Network drivers an owner may create: a plain bridge network. macvlan/ipvlan
@@ -97,11 +99,30 @@ def owner_body(operation: str, body: bytes, owner: str) -> bytes:
         problem = network_problem(doc)
         if problem is not None:
             raise OwnershipError(problem)
+    return append_member(body, "Labels", {OWNER_LABEL: owner}, empty=not doc)
+
+
+def append_member(body: bytes, key: str, value: object, *, empty: bool = False) -> bytes:
+    """``body`` (one JSON object, as ``bodies.parse`` accepted it) with ``key: value`` last.
+
+    Go's decoder lets the last member of a field win (a map member merges into
+    the map), so the daemon reads ``value`` whatever the client sent before it.
+    """
     text = body.rstrip(_JSON_SPACE)
-    member = b'"Labels":{%s:%s}' % (json.dumps(OWNER_LABEL).encode(),
-                                    json.dumps(owner).encode())
-    # bodies.parse accepted exactly one JSON object, so text ends with its brace.
-    return text[:-1] + (b"," if doc else b"") + member + b"}"
+    member = json.dumps(key).encode() + b":" + json.dumps(value).encode()
+    return text[:-1] + (b"" if empty else b",") + member + b"}"
+
+
+def connect_container(body: bytes) -> str:
+    """The container a network connect/disconnect body names; OwnershipError if unclear."""
+    try:
+        doc = bodies.parse(body)
+    except bodies.UnparseableError as error:
+        raise OwnershipError(f"the body cannot be inspected: {error}") from None
+    container = doc.get("container")
+    if not isinstance(container, str) or not container:
+        raise OwnershipError("the body names no container")
+    return container
 
 
 # ---------------------------------------------------------------------------
