@@ -190,7 +190,7 @@ def test_a_missing_image_list_approves_nothing_and_lint_says_so(tmp_path: Path) 
     (tmp_path / "images.txt").unlink()
     problems = policy.lint_file(str(tmp_path / "policy.yaml"))
     assert any("does not exist (yet)" in line for line in problems)
-    assert decider.watched == (str(tmp_path / "images.txt"),)
+    assert [path for path, _stamp in decider.watched] == [str(tmp_path / "images.txt")]
 
 
 def test_an_owner_create_forwards_the_body_with_the_owner_label(tmp_path: Path) -> None:

@@ -296,9 +296,10 @@ class PolicyDecider:
         return f"policy:{self.label}"
 
     @property
-    def watched(self) -> tuple[str, ...]:
-        """The image-list files this policy read: a change to one reloads it."""
-        return tuple(sorted({grant.image_list.path for policy in self.policies.values()
+    def watched(self) -> tuple[tuple[str, tuple[int, int, int] | None], ...]:
+        """The image-list files this policy read, each with its stamp when it was read."""
+        return tuple(sorted({(grant.image_list.path, grant.image_list.stamp)
+                             for policy in self.policies.values()
                              for grant in policy.grants if grant.image_list is not None}))
 
     def policy_for(self, client: Client) -> Policy | None:

@@ -27,7 +27,9 @@ list (nothing approved yet), reported by lint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -186,6 +188,9 @@ class ImageList:
     path: str
     entries: tuple[Reference, ...]
     missing: bool = False
+    # (inode, size, mtime_ns) of the file as read; None when it did not exist. The
+    # shell's watch reloads when the file's status differs (dockgate.watch).
+    stamp: tuple[int, int, int] | None = None
 
     def admits(self, reference: str | None) -> bool:
         if not reference:
@@ -212,11 +217,17 @@ def parse_image_list(text: str, path: str) -> ImageList:
     return ImageList(path, tuple(entries))
 
 
+def stamp_of(status: os.stat_result) -> tuple[int, int, int]:
+    """What identifies one version of a file: a rewrite by rename changes the inode."""
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+
 def read_image_list(path: str) -> ImageList:
     """The list in ``path``; a file that does not exist yet approves nothing."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return parse_image_list(handle.read(), path)
+            stamp = stamp_of(os.fstat(handle.fileno()))
+            return dataclasses.replace(parse_image_list(handle.read(), path), stamp=stamp)
     except FileNotFoundError:
         return ImageList(path, (), missing=True)
     except (OSError, UnicodeDecodeError) as error:
