@@ -172,3 +172,20 @@ def test_policy_file_lints_clean(tmp_path: Path) -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
     assert result.stdout.strip() == f"{policy}: OK"
+
+
+@pytest.mark.parametrize(("method", "target", "allowed"), [
+    ("GET", "/containers/json", True),
+    ("POST", "/containers/pocketcoder-backend/exec", False),
+    ("POST", f"/containers/{GATEWAY}/restart", False),
+    ("GET", "/info", False),
+])
+def test_the_gateways_listener_decides_by_the_mcp_gateway_policy(
+        method: str, target: str, allowed: bool) -> None:
+    """The migration's check (docs/mcp-gateway.md): as the gateway's unix listener sees it."""
+    policy = str(ROOT / "deploy" / "dockgate-policy.yaml")
+    result = subprocess.run([sys.executable, "-m", "dockgate", "check", "--policy", policy,
+                             "--client", f"uid=0,listener=unix://{SOCKET}", method, target],
+                            capture_output=True, text=True, check=False)
+    assert (result.returncode == 0) is allowed, result.stdout + result.stderr
+    assert "policy:    mcp-gateway" in result.stdout

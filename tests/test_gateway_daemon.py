@@ -239,6 +239,12 @@ DENIED = [
                                            "dockgate.owner=backend", "dgtest-forged"],
      "set by dockgate"),
     ("pull of an unapproved image", ["pull", UNAPPROVED], "image.create"),
+    ("a volume", ["volume", "create", "dgtest-gw-volume"], "volume.create is not granted"),
+    ("the image list", ["images"], "image.list is not granted"),
+    ("daemon info", ["info"], "system.info is not granted"),
+    ("events", ["events", "--since", "1", "--until", "2"], "system.events is not granted"),
+    ("swarm", ["swarm", "init"], "swarm.init is not granted"),
+    ("plugins", ["plugin", "ls"], "plugin.list is not granted"),
 ]
 
 
