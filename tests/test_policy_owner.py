@@ -123,6 +123,7 @@ def test_a_body_that_cannot_be_labelled_safely_is_refused(body: bytes) -> None:
     (b'{"Name": "n", "IPAM": {"Driver": "dhcp"}}', True),
     (b'{"Name": "n", "ConfigFrom": {"Network": "host-config"}}', True),
     (b'{"Name": "n", "Ingress": true}', True),
+    (b'{"Name": "n", "ConfigOnly": true}', True),
 ])
 def test_an_owner_creates_plain_bridge_networks_only(body: bytes, refused: bool) -> None:
     """Driver options and other drivers can attach a network to the host's interfaces."""
@@ -223,12 +224,20 @@ def test_an_owner_create_outside_its_grant_is_denied(tmp_path: Path, body: bytes
     ("/images/create?fromImage=mcp/echo&tag=1", True),
     ("/images/create?fromImage=mcp/echo", False),
     ("/images/create?fromImage=mcp/other&tag=1", False),
+    ("/images/mcp/echo:1/tag?repo=mcp/echo&tag=1", False),
 ])
 def test_image_operations_are_scoped_to_the_list(tmp_path: Path, target: str,
                                                  allowed: bool) -> None:
     """image.pull and inspect name one listed reference, or are denied."""
     method = "GET" if target.endswith("/json") else "POST"
-    decision = decide(owner_policy(tmp_path, "mcp/echo:1\n"), method, target)
+    text = "mcp/echo:1\n"
+    decider = owner_policy(tmp_path, text)
+    if "/tag" in target:  # a grant of image.tag under the same list
+        (tmp_path / "p2.yaml").write_text("policies:\n  p:\n    grants:\n"
+                                          "      - allow: [image.tag]\n"
+                                          "        images_from: images.txt\ndefault: p\n")
+        decider = policy.load_file(str(tmp_path / "p2.yaml"))
+    decision = decide(decider, method, target)
     assert isinstance(decision, Allow) is allowed
 
 
@@ -381,3 +390,19 @@ def test_network_scopes_need_an_owner_and_owner_policies_need_network_scopes() -
         policy.compile_text("policies:\n  p:\n    owner: gw\n    grants:\n"
                             "      - allow: [network.create]\n"
                             "        networks: {owned: true}\n", "p.yaml")
+
+
+def test_an_owner_volume_create_is_labelled_too(tmp_path: Path) -> None:
+    """Volumes it creates carry the label like its containers and networks."""
+    decider = policy.compile_text(textwrap.dedent("""\
+        policies:
+          p:
+            owner: gw
+            grants:
+              - allow: [volume.create]
+        default: p
+        """), "v.yaml")
+    decision = decide(decider, "POST", "/volumes/create", body=b'{"Name": "data"}')
+    assert isinstance(decision, Allow)
+    assert decision.body is not None
+    assert labels_of(decision.body) == {OWNER_LABEL: "gw"}
