@@ -25,7 +25,7 @@ from dockgate.decision import (
 )
 from dockgate.errors import ConfigError
 from dockgate.policy_owner import (
-    OWNER_LABEL,
+    OWNED_BY,
     OwnershipError,
     Reference,
     owner_body,
@@ -55,7 +55,7 @@ def owner_policy(tmp_path: Path, images: str) -> policy.PolicyDecider:
               - allow: [image.inspect, image.create]
                 images_from: images.txt
               - allow: [container.start, container.delete, container.list, container.inspect]
-                containers: {owned: true}
+                containers: {own: true}
               - allow: [network.create]
         default: gateway
         """))
@@ -77,12 +77,12 @@ def labels_of(body: bytes) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("body", "expected"), [
-    (b"{}", {OWNER_LABEL: "gw"}),
-    (b'{"Image": "x"}', {OWNER_LABEL: "gw"}),
+    (b"{}", {OWNED_BY: "gw"}),
+    (b'{"Image": "x"}', {OWNED_BY: "gw"}),
     (b'{"Image": "x", "Labels": {"docker-mcp": "true"}}\n',
-     {"docker-mcp": "true", OWNER_LABEL: "gw"}),
-    (b'{"Image": "x", "Labels": null}', {OWNER_LABEL: "gw"}),
-    (b'{ "Labels" : {"a": "1"} , "Image": "x" }  \r\n', {"a": "1", OWNER_LABEL: "gw"}),
+     {"docker-mcp": "true", OWNED_BY: "gw"}),
+    (b'{"Image": "x", "Labels": null}', {OWNED_BY: "gw"}),
+    (b'{ "Labels" : {"a": "1"} , "Image": "x" }  \r\n', {"a": "1", OWNED_BY: "gw"}),
 ])
 def test_the_owner_label_is_appended_as_a_last_labels_member(
         body: bytes, expected: dict[str, str]) -> None:
@@ -90,7 +90,7 @@ def test_the_owner_label_is_appended_as_a_last_labels_member(
     out = owner_body("container.create", body, "gw")
     assert out.startswith(body.rstrip()[:-1])
     assert labels_of(out) == expected
-    assert bodies.parse(out).get("labels", {}).get(OWNER_LABEL) == "gw"
+    assert bodies.parse(out).get("labels", {}).get(OWNED_BY) == "gw"
 
 
 @pytest.mark.parametrize("body", [
@@ -131,7 +131,7 @@ def test_an_owner_creates_plain_bridge_networks_only(body: bytes, refused: bool)
         with pytest.raises(OwnershipError):
             owner_body("network.create", body, "gw")
     else:
-        assert labels_of(owner_body("network.create", body, "gw")) == {OWNER_LABEL: "gw"}
+        assert labels_of(owner_body("network.create", body, "gw")) == {OWNED_BY: "gw"}
 
 
 @pytest.mark.parametrize(("entry", "request_ref", "admitted"), [
@@ -200,7 +200,7 @@ def test_an_owner_create_forwards_the_body_with_the_owner_label(tmp_path: Path) 
     decision = decide(decider, "POST", "/v1.41/containers/create", body=CLEAN_CREATE)
     assert isinstance(decision, Allow)
     assert decision.body is not None
-    assert labels_of(decision.body) == {OWNER_LABEL: "mcp-gateway"}
+    assert labels_of(decision.body) == {OWNED_BY: "mcp-gateway"}
 
 
 @pytest.mark.parametrize(("body", "why"), [
@@ -242,10 +242,10 @@ def test_image_operations_are_scoped_to_the_list(tmp_path: Path, target: str,
 
 
 def test_owned_containers_are_in_scope_and_others_are_not(tmp_path: Path) -> None:
-    """owned: true is the label scope dockgate.owner=OWNER, pinned to the resolved ID."""
+    """own: true is the label scope dockgate.owner=OWNER, pinned to the resolved ID."""
     decider = owner_policy(tmp_path, "mcp/echo:1\n")
-    owned = gw("srv", GW_ID, **{OWNER_LABEL: "mcp-gateway"})
-    foreign = gw("backend", OTHER_ID, **{OWNER_LABEL: "someone-else"})
+    owned = gw("srv", GW_ID, **{OWNED_BY: "mcp-gateway"})
+    foreign = gw("backend", OTHER_ID, **{OWNED_BY: "someone-else"})
     allowed = decide(decider, "DELETE", "/containers/srv", containers={"srv": owned})
     assert isinstance(allowed, Allow)
     assert allowed.target == f"/containers/{GW_ID}"
@@ -261,8 +261,8 @@ def test_owned_containers_are_in_scope_and_others_are_not(tmp_path: Path) -> Non
           p:
             grants:
               - allow: [container.delete]
-                containers: {owned: true}
-        """, "owned: true needs the policy's owner"),
+                containers: {own: true}
+        """, "own: true needs the policy's owner"),
     ("""\
         policies:
           p:
@@ -291,8 +291,8 @@ def test_owned_containers_are_in_scope_and_others_are_not(tmp_path: Path) -> Non
             owner: gw
             grants:
               - allow: [container.delete]
-                containers: {owned: yes}
-        """, "owned: takes true"),
+                containers: {own: yes}
+        """, "own: takes true"),
 ])
 def test_ownership_mistakes_in_a_policy_file_are_errors(text: str, error: str) -> None:
     """An owner policy that would leave container operations unscoped must not load."""
@@ -310,7 +310,7 @@ def network_policy() -> policy.PolicyDecider:
             owner: mcp-gateway
             grants:
               - allow: [network.connect, network.delete]
-                networks: {owned: true}
+                networks: {own: true}
         default: gateway
         """), "n.yaml")
 
@@ -332,7 +332,7 @@ def decide_network(body: bytes, network: NetworkFacts | None,
     raise AssertionError("the decider kept asking for facts")
 
 
-OWNED = {OWNER_LABEL: "mcp-gateway"}
+OWNED = {OWNED_BY: "mcp-gateway"}
 
 
 def test_an_owner_connects_its_container_to_its_network_by_full_ids() -> None:
@@ -347,7 +347,7 @@ def test_an_owner_connects_its_container_to_its_network_by_full_ids() -> None:
 
 @pytest.mark.parametrize(("network", "container", "why"), [
     (NetworkFacts(NET_ID, "net", {}), gw("srv", GW_ID, **OWNED), "network 'net'"),
-    (NetworkFacts(NET_ID, "net", {OWNER_LABEL: "other"}), gw("srv", GW_ID, **OWNED),
+    (NetworkFacts(NET_ID, "net", {OWNED_BY: "other"}), gw("srv", GW_ID, **OWNED),
      "network 'net'"),
     (None, gw("srv", GW_ID, **OWNED), "network 'net'"),
     (NetworkFacts("e5", "net", OWNED), gw("srv", GW_ID, **OWNED), "network 'net'"),
@@ -385,24 +385,9 @@ def test_network_scopes_need_an_owner_and_owner_policies_need_network_scopes() -
                             "      - allow: [network.connect]\n", "p.yaml")
     with pytest.raises(ConfigError, match="needs the policy's owner"):
         policy.compile_text("policies:\n  p:\n    grants:\n      - allow: [network.connect]\n"
-                            "        networks: {owned: true}\n", "p.yaml")
+                            "        networks: {own: true}\n", "p.yaml")
     with pytest.raises(ConfigError, match="cannot be scoped by networks:"):
         policy.compile_text("policies:\n  p:\n    owner: gw\n    grants:\n"
                             "      - allow: [network.create]\n"
-                            "        networks: {owned: true}\n", "p.yaml")
+                            "        networks: {own: true}\n", "p.yaml")
 
-
-def test_an_owner_volume_create_is_labelled_too(tmp_path: Path) -> None:
-    """Volumes it creates carry the label like its containers and networks."""
-    decider = policy.compile_text(textwrap.dedent("""\
-        policies:
-          p:
-            owner: gw
-            grants:
-              - allow: [volume.create]
-        default: p
-        """), "v.yaml")
-    decision = decide(decider, "POST", "/volumes/create", body=b'{"Name": "data"}')
-    assert isinstance(decision, Allow)
-    assert decision.body is not None
-    assert labels_of(decision.body) == {OWNER_LABEL: "gw"}

@@ -19,6 +19,8 @@ import yaml
 from dockgate import bodies
 from dockgate.policy_decider import (
     CREATE_OPERATION,
+    EXEC_CREATE_OPERATION,
+    VOLUME_CREATE_OPERATION,
     Grant,
     Operations,
     Policy,
@@ -36,14 +38,18 @@ from dockgate.policy_match import (
     normalize_pattern,
     normalize_query_value,
 )
-from dockgate.policy_owner import OWNER_LABEL, OWNER_NAME, ImageList, read_image_list
+from dockgate.policy_owner import OWNED_BY, OWNER_NAME, ImageList, read_image_list
+from dockgate.policy_scope import ExecRules, VolumeScope
 from dockgate.policy_yaml import Source, compose, integer, mapping, sequence, suggest, text, texts
 
 _TOP_KEYS = ("version", "policies", "clients", "listeners", "default")
 _POLICY_KEYS = ("description", "owner", "grants")
-_GRANT_KEYS = ("allow", "containers", "networks", "images", "images_from", "query", "create")
-_CONTAINER_KEYS = ("names", "globs", "labels", "owned")
+_GRANT_KEYS = ("allow", "containers", "networks", "images", "images_from", "volumes", "query",
+               "create", "exec")
+_CONTAINER_KEYS = ("names", "globs", "labels", "own")
+_VOLUME_KEYS = ("names", "globs", "labels", "own")
 _CREATE_KEYS = ("deny",)
+_EXEC_KEYS = ("deny", "commands")
 _CLIENT_KEYS = ("name", "policy", "address", "uid", "gid", "cert_cn", "cert_san", "listener")
 
 
@@ -157,7 +163,7 @@ class _Compiler:
                                     "two grants")
         network_owner = None
         if "networks" in parts:
-            others = sorted({"containers", "images", "images_from"} & set(parts))
+            others = sorted({"containers", "images", "images_from", "volumes"} & set(parts))
             if others:
                 raise self.source.error(parts["networks"][0], f"a grant is scoped by networks:"
                                         f" or by {others[0]}:, not both; split it into two "
@@ -192,36 +198,104 @@ class _Compiler:
             explicit, from_globs = self.applicable(
                 parts["allow"][1], explicit, from_globs=from_globs,
                 scopable=self.ops.image_scopable, scope="images_from:", why="names no image")
+        volumes = None
+        if "volumes" in parts:
+            volumes = self.volume_scope(parts["volumes"][1])
+            explicit, from_globs = self.applicable(
+                parts["allow"][1], explicit, from_globs=from_globs,
+                scopable=self.ops.volume_scopable, scope="volumes:",
+                why="names no volume")
         query = self.query(parts["query"][1]) if "query" in parts else ()
+        granted = {op for op, _ in explicit} | from_globs
         create_deny = None
         if "create" in parts:
             create_deny = self.create(parts["create"][1])
-            if CREATE_OPERATION not in {op for op, _ in explicit} | from_globs:
+            if not {CREATE_OPERATION, VOLUME_CREATE_OPERATION} & granted:
                 raise self.source.error(parts["create"][0], "create: constrains "
-                                        "container.create, which this grant does not allow; "
-                                        "add it to allow: or remove create:")
-        operations_ = frozenset({op for op, _ in explicit} | from_globs)
-        if owner is not None and containers is None:
-            unscoped = sorted(operations_ & self.ops.container_scopable)
+                                        "container.create and volume.create, which this grant "
+                                        "does not allow; add one to allow: or remove create:")
+        exec_rules = None
+        if "exec" in parts:
+            exec_rules = self.exec_rules(parts["exec"][1])
+            if EXEC_CREATE_OPERATION not in granted:
+                raise self.source.error(parts["exec"][0], "exec: constrains exec.create, "
+                                        "which this grant does not allow; add it to allow: or "
+                                        "remove exec:")
+        operations_ = frozenset(granted)
+        for kind, scoped, scopable in (("container", containers, self.ops.container_scopable),
+                                       ("network", network_owner, self.ops.network_ref)):
+            unscoped = sorted(operations_ & scopable) if owner is not None and scoped is None \
+                else []
             if unscoped:
                 raise self.source.error(node, f"policy {policy!r} has owner: {owner}, so its "
-                                        f"container operations need a containers: scope "
-                                        f"({', '.join(unscoped)}); write containers: "
-                                        "{owned: true}")
-        if owner is not None and network_owner is None:
-            unscoped = sorted(operations_ & self.ops.network_ref)
-            if unscoped:
-                raise self.source.error(node, f"policy {policy!r} has owner: {owner}, so its "
-                                        f"network operations need a networks: scope "
-                                        f"({', '.join(unscoped)}); write networks: "
-                                        "{owned: true}")
+                                        f"{kind} operations need a {kind}s: scope "
+                                        f"({', '.join(unscoped)}); write {kind}s: "
+                                        "{own: true}")
         if CREATE_OPERATION in operations_ and create_deny is None and images is None \
                 and image_list is None:
             self.warnings.append(f"{where}: grants container.create without create: or "
                                  "images: constraints; that is root on the host (a bind mount "
                                  "of / or privileged mode)")
         return Grant(policy, number, where, operations_, containers, images, query,
-                     create_deny, image_list, network_owner)
+                     create_deny, exec_rules, volumes, image_list, network_owner)
+
+    def volume_scope(self, node: yaml.Node) -> VolumeScope:
+        names: set[str] = set()
+        globs: list[str] = []
+        labels: list[tuple[str, str]] = []
+        own = False
+        for key, _key_node, value in mapping(node, self.source, "volumes", _VOLUME_KEYS):
+            if key == "names":
+                for name, item in texts(value, self.source, "names"):
+                    if GLOB_CHARS.intersection(name):
+                        raise self.source.error(item, f"volume name {name!r} contains a "
+                                                "pattern character; names match exactly, put "
+                                                "patterns under globs:")
+                    if not CONTAINER_NAME.fullmatch(name):
+                        raise self.source.error(item, f"{name!r} is not a volume name "
+                                                "(letters, digits, _ . -)")
+                    names.add(name)
+            elif key == "globs":
+                globs.extend(glob for glob, _ in texts(value, self.source, "globs"))
+            elif key == "labels":
+                for label, _label_node, label_value in mapping(value, self.source, "labels"):
+                    labels.append((label, text(label_value, self.source, f"label {label}")))
+            else:
+                flag = text(value, self.source, "own")
+                if flag not in ("true", "false"):
+                    raise self.source.error(value, "own is true or false (true: the volumes "
+                                            "created through this policy)")
+                own = flag == "true"
+        if not (names or globs or labels or own):
+            raise self.source.error(node, "volumes: selects nothing; give names:, globs:, "
+                                    "labels: or own: true")
+        return VolumeScope(frozenset(names), tuple(globs), tuple(labels), own)
+
+    def exec_rules(self, node: yaml.Node) -> ExecRules:
+        deny: set[str] = set()
+        commands: list[tuple[str, ...]] = []
+        for key, _key_node, value in mapping(node, self.source, "exec", _EXEC_KEYS):
+            if key == "deny":
+                for check, item in texts(value, self.source, "deny"):
+                    if check == "all":
+                        deny.update(bodies.EXEC_CHECKS)
+                    elif check in bodies.EXEC_CHECKS:
+                        deny.add(check)
+                    else:
+                        raise self.source.error(item, f"unknown exec constraint {check!r}"
+                                                f"{suggest(check, bodies.EXEC_CHECKS)}; known: "
+                                                f"all, {', '.join(bodies.EXEC_CHECKS)}")
+            else:
+                for item in sequence(value, self.source, "commands"):
+                    if not isinstance(item, yaml.SequenceNode):
+                        raise self.source.error(item, "each command is a list of arguments "
+                                                "(globs), e.g. [cat, /etc/*]")
+                    commands.append(tuple(arg for arg, _ in
+                                          texts(item, self.source, "a command")))
+        if not (deny or commands):
+            raise self.source.error(node, "exec: constrains nothing; write deny: [all] "
+                                    "(or a list of constraints) and/or commands:")
+        return ExecRules(frozenset(deny), tuple(commands))
 
     def operation_names(self, node: yaml.Node) -> tuple[list[tuple[str, yaml.Node]],
                                                          set[str]]:
@@ -261,14 +335,14 @@ class _Compiler:
         return explicit, kept
 
     def network_scope(self, node: yaml.Node, owner: str | None) -> str:
-        """``networks: {owned: true}``: the networks this policy's client created."""
+        """``networks: {own: true}``: the networks this policy's client created."""
         parts = {key: value for key, _key_node, value
-                 in mapping(node, self.source, "networks", ("owned",))}
-        if "owned" not in parts or text(parts["owned"], self.source, "owned") != "true":
-            raise self.source.error(node, "networks: takes owned: true (the networks this "
+                 in mapping(node, self.source, "networks", ("own",))}
+        if "own" not in parts or text(parts["own"], self.source, "own") != "true":
+            raise self.source.error(node, "networks: takes own: true (the networks this "
                                     "client created)")
         if owner is None:
-            raise self.source.error(node, "networks: {owned: true} needs the policy's owner: "
+            raise self.source.error(node, "networks: {own: true} needs the policy's owner: "
                                     "NAME (the dockgate.owner label dockgate adds)")
         return owner
 
@@ -290,14 +364,13 @@ class _Compiler:
                     names.add(name)
             elif key == "globs":
                 globs.extend(glob for glob, _ in texts(value, self.source, "globs"))
-            elif key == "owned":
-                if text(value, self.source, "owned") != "true":
-                    raise self.source.error(value, "owned: takes true (leave it out "
-                                            "otherwise)")
+            elif key == "own":
+                if text(value, self.source, "own") != "true":
+                    raise self.source.error(value, "own: takes true (leave it out otherwise)")
                 if owner is None:
-                    raise self.source.error(value, "owned: true needs the policy's owner: "
-                                            "NAME (the dockgate.owner label dockgate adds)")
-                labels.append((OWNER_LABEL, owner))
+                    raise self.source.error(value, "own: true needs the policy's owner: NAME "
+                                            "(the dockgate.owner label dockgate adds)")
+                labels.append((OWNED_BY, owner))
             else:
                 for label, _label_node, label_value in mapping(value, self.source, "labels"):
                     labels.append((label, text(label_value, self.source, f"label {label}")))
@@ -326,14 +399,15 @@ class _Compiler:
         deny: set[str] = set()
         for _key, _key_node, value in mapping(node, self.source, "create", _CREATE_KEYS):
             for check, item in texts(value, self.source, "deny"):
+                known = (*bodies.CHECKS, *bodies.VOLUME_CHECKS)
                 if check == "all":
-                    deny.update(bodies.CHECKS)
-                elif check in bodies.CHECKS:
+                    deny.update(known)
+                elif check in known:
                     deny.add(check)
                 else:
                     raise self.source.error(item, f"unknown create constraint {check!r}"
-                                            f"{suggest(check, bodies.CHECKS)}; known: all, "
-                                            f"{', '.join(bodies.CHECKS)}")
+                                            f"{suggest(check, known)}; known: all, "
+                                            f"{', '.join(known)}")
         if not deny:
             # An empty create: would pass for a constrained grant while allowing any body.
             raise self.source.error(node, "create: constrains nothing; write deny: [all] "

@@ -1,13 +1,15 @@
 """Ownership labels and approved-image lists (pure).
 
 Ownership. A policy with ``owner: NAME`` marks what its client creates: every
-``container.create``, ``network.create`` and ``volume.create`` body is forwarded
-with the label ``dockgate.owner=NAME`` added by dockgate (``owner_body``), and a
-body that already carries that label (in any case spelling: dockgate refuses
-look-alikes rather than judge them) is refused, so a client cannot forge
-another's ownership. Its grants then scope container operations with
-``containers: {owned: true}``, which is the label scope ``dockgate.owner=NAME``:
+``container.create`` and ``network.create`` body is forwarded with the label
+``dockgate.owner=NAME`` added by dockgate (``owner_body``), and a body that
+already carries that label (in any case spelling: dockgate refuses look-alikes
+rather than judge them) is refused, so a client cannot forge another's
+ownership. Its grants then scope container operations with
+``containers: {own: true}``, which is the label scope ``dockgate.owner=NAME``:
 resolved through the daemon and forwarded by full ID like every container scope.
+(Volumes have their own mark: the ``volumes:`` scope labels what a policy's
+``volume.create`` makes, policy_scope.)
 
 The label is added without re-encoding the client's JSON: dockerd decodes the
 body with Go's encoding/json, which decodes a repeated map field into the map
@@ -38,9 +40,10 @@ from dockgate import bodies
 from dockgate.errors import ConfigError
 from dockgate.policy_match import normalize_image
 
-OWNER_LABEL = "dockgate.owner"
+OWNED_BY = "dockgate.owner"
 # The create operations whose objects carry the owner label.
-OWNED_CREATES = frozenset({"container.create", "network.create", "volume.create"})
+# Volumes are marked by the volumes: scope's own label (dockgate.policy, policy_scope).
+OWNED_CREATES = frozenset({"container.create", "network.create"})
 # Network operations whose body names a container (it must be owned too).
 CONNECT_OPERATIONS = frozenset({"network.connect", "network.disconnect"})
 # An owner name is a label value the docs can quote without escaping.
@@ -95,13 +98,13 @@ def owner_body(operation: str, body: bytes, owner: str) -> bytes:
         labels = _labels(doc)
     except bodies.UnparseableError as error:
         raise OwnershipError(f"the body cannot be inspected: {error}") from None
-    if OWNER_LABEL in labels:  # keys are folded by bodies.parse: any case spelling
-        raise OwnershipError(f"the label {OWNER_LABEL} is set by dockgate, not by clients")
+    if OWNED_BY in labels:  # keys are folded by bodies.parse: any case spelling
+        raise OwnershipError(f"the label {OWNED_BY} is set by dockgate, not by clients")
     if operation == "network.create":
         problem = network_problem(doc)
         if problem is not None:
             raise OwnershipError(problem)
-    return append_member(body, "Labels", {OWNER_LABEL: owner}, empty=not doc)
+    return append_member(body, "Labels", {OWNED_BY: owner}, empty=not doc)
 
 
 def append_member(body: bytes, key: str, value: object, *, empty: bool = False) -> bytes:
