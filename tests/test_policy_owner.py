@@ -391,3 +391,12 @@ def test_network_scopes_need_an_owner_and_owner_policies_need_network_scopes() -
                             "      - allow: [network.create]\n"
                             "        networks: {own: true}\n", "p.yaml")
 
+
+
+def test_a_pull_outside_the_list_is_denied_naming_the_image(tmp_path: Path) -> None:
+    """The denial says which image is not approved, not that some query value is wrong."""
+    decision = decide(owner_policy(tmp_path, "mcp/echo:1\n"), "POST",
+                      "/images/create?fromImage=mcp/other&tag=2")
+    assert isinstance(decision, Deny)
+    assert "image.create of image 'mcp/other:2' is not granted" in decision.message
+    assert "images_from:" in decision.message

@@ -541,6 +541,13 @@ class PolicyDecider:
         if open_ok:
             return self._by_body(request, policy, open_ok, match=match, facts=facts,
                                  target=None)
+        if not index.scoped and any(g.admits_query(operation, params) for g in index.open):
+            # Only the image scope said no: say so, not "query constraints".
+            image = match.params[image_param] if image_param is not None else \
+                _reference(params, "fromImage")
+            return _denied(request, f"{operation} of image {image!r} is not granted by policy "
+                           f"{policy.name!r}", "its images: or images_from: scope does not "
+                           "cover it", rule=f"policy {policy.name!r}")
         if not index.scoped:
             return _query_denied(request, policy, operation)
         if operation in self.ops.exec_ref:
