@@ -353,6 +353,33 @@ def wait_for_status(connection: UnixConnection, image: str, status: int) -> int:
     return found
 
 
+def attach(path: Path, container: str) -> socket.socket:
+    """A hijacked attach session (stdin and stdout) to ``container`` through ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(str(path))
+    sock.sendall(f"POST /v1.41/containers/{container}/attach?stream=1&stdin=1&stdout=1 "
+                 "HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+                 "Content-Length: 0\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def echoed(sock: socket.socket, line: bytes) -> bool:
+    """Whether ``line`` written to the session comes back (the container runs cat)."""
+    sock.sendall(line)
+    data = b""
+    while line.strip() not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return False
+        data += chunk
+    return True
+
+
 def test_approving_and_revoking_a_server_changes_what_runs_without_a_restart(
         gateway: Gateway, tmp_path: Path) -> None:
     """The relay rewrites the list; dockgate reloads it and keeps its connections open."""
@@ -360,6 +387,12 @@ def test_approving_and_revoking_a_server_changes_what_runs_without_a_restart(
     held = UnixConnection(gateway.socket)  # one keep-alive connection across both changes
     assert inspect_on(held, NEW_SERVER) == 403
     sock = held.sock
+    # And a hijacked session to a long-lived server, open across both changes.
+    code, server = gateway.docker("run", "-d", "-i", "--init", "--network", "none", "--label",
+                                  "docker-mcp=true", APPROVED, "cat")
+    assert code == 0, server
+    session = attach(gateway.socket, server.strip())
+    assert echoed(session, b"before\n")
     relay(gateway, tmp_path, [{"name": "echo", "image": APPROVED},
                               {"name": "new", "image": NEW_SERVER}])
     assert gateway.images_file.read_text().splitlines()[1:] == [APPROVED, NEW_SERVER]
@@ -373,6 +406,8 @@ def test_approving_and_revoking_a_server_changes_what_runs_without_a_restart(
     assert code != 0, output
     assert "is not among the approved images" in output, output
     assert held.sock is sock, "the held connection was never reopened"
+    assert echoed(session, b"after\n"), "the hijacked session survived both reloads"
+    session.close()
     assert gateway.proxy.process.pid == pid
     assert gateway.proxy.process.poll() is None
     assert "reloaded: decisions now by" in gateway.proxy.log()
