@@ -236,6 +236,10 @@ class _Compiler:
             self.warnings.append(f"{where}: grants container.create without create: or "
                                  "images: constraints; that is root on the host (a bind mount "
                                  "of / or privileged mode)")
+        elif CREATE_OPERATION in operations_ and create_deny is None and image_list is not None:
+            self.warnings.append(f"{where}: images_from: limits which images run, not how: "
+                                 "without create: deny: [...] an approved image still runs "
+                                 "privileged or with / mounted")
         return Grant(policy, number, where, operations_, containers, images, query,
                      create_deny, exec_rules, volumes, image_list, network_owner)
 
