@@ -402,12 +402,14 @@ def test_a_pull_outside_the_list_is_denied_naming_the_image(tmp_path: Path) -> N
     assert "images_from:" in decision.message
 
 
-def test_lint_warns_when_an_image_list_is_the_only_create_constraint(tmp_path: Path) -> None:
-    """An approved image run privileged is still root on the host."""
+def test_lint_flags_an_image_list_as_a_create_grants_only_constraint(tmp_path: Path) -> None:
+    """An approved image run privileged is still root on the host: DANGER."""
     (tmp_path / "images.txt").write_text("mcp/echo:1\n")
     (tmp_path / "p.yaml").write_text("policies:\n  p:\n    grants:\n"
+                                     "      - allow: [system.ping]\n"
                                      "      - allow: [container.create]\n"
                                      "        images_from: images.txt\ndefault: p\n")
     problems = policy.lint_file(str(tmp_path / "p.yaml"))
     assert len(problems) == 1
-    assert "limits which images run, not how" in problems[0]
+    assert "DANGER" in problems[0]
+    assert "any body" in problems[0]

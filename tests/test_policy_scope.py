@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from dockgate import bodies, policy, routes
+from dockgate import bodies, danger, policy, routes
 from dockgate.decision import (
     Allow,
     Client,
@@ -160,15 +160,19 @@ def test_exec_commands_match_argument_by_argument() -> None:
 
 def test_unconstrained_and_constrained_exec_grants_tell_themselves_apart(
         ci: policy.PolicyDecider) -> None:
-    """What policy lint needs: Grant.constrains says whether a body is limited."""
+    """What lint needs: exec.create without privileged and root-user denied is flagged."""
     grants = {g.number: g for g in ci.policies["ci"].grants}
     assert grants[1].constrains("exec.create")
     assert grants[2].constrains("container.create")
     assert grants[3].constrains("volume.create")
     loose = compile_policy("policies:\n  p:\n    grants:\n      - allow: [exec.create, "
-                           "volume.create]\ndefault: p\n").policies["p"].grants[0]
+                           "volume.create]\n        exec: {deny: [env]}\n"
+                           "        create: {deny: [driver-options]}\n"
+                           "default: p\n").policies["p"].grants[0]
     assert not loose.constrains("exec.create")
     assert not loose.constrains("volume.create")
+    assert danger.grant_dangers(grants[1]) == []
+    assert [op for op, _ in danger.grant_dangers(loose)] == ["exec.create", "volume.create"]
 
 
 # --- exec.start/resize/inspect scoped by the exec's container --------------------
@@ -418,3 +422,25 @@ def test_create_classes_are_listed_for_policies() -> None:
     """The documented names of the new classes are the module's."""
     assert {"log-drivers", "sysctls", "volumes"} <= set(bodies.CHECKS)
     assert set(bodies.EXEC_CHECKS) == {"privileged", "root-user", "env", "tty", "stdin"}
+
+
+@pytest.mark.parametrize(("method", "target", "says"), [
+    ("POST", "/exec/abc/start", "about exec 'abc' (the verdict depends on its container)"),
+    ("GET", "/volumes/v1", "about volume 'v1' (the verdict depends on its labels)"),
+    ("POST", "/volumes/create", "the verdict depends on the body"),
+])
+def test_explain_says_which_daemon_facts_an_exec_or_volume_verdict_needs(
+        ci: policy.PolicyDecider, method: str, target: str, says: str) -> None:
+    """explain asks the daemon nothing, so it says what the verdict would hinge on."""
+    report, allowed = policy.explain(ci, method, target)
+    assert not allowed
+    assert report.splitlines()[-1].endswith(says)
+
+
+def test_explain_rejects_a_space_in_a_container_reference_before_any_policy(
+        ci: policy.PolicyDecider) -> None:
+    """classify refuses it (no container can have such a name); check says so, not a crash."""
+    report, allowed = policy.explain(ci, "GET", "/containers/a%20b/json")
+    assert not allowed
+    assert "rejected before any policy" in report
+    assert "U+0020 in the container parameter" in report

@@ -42,10 +42,12 @@ from dockgate.decision import (
     ContainerFacts,
     Decision,
     Deny,
+    ErrorAnswer,
     Facts,
     NeedFacts,
     Request,
 )
+from dockgate.hazards import DANGEROUS
 from dockgate.policy_match import ClientRule, ContainerScope, QueryRule, image_matches, primary_name
 from dockgate.policy_owner import (
     CONNECT_OPERATIONS,
@@ -161,6 +163,7 @@ class Grant:
     images: tuple[str, ...] | None = None
     query: tuple[QueryRule, ...] = ()
     create_deny: frozenset[str] | None = None
+    redact: frozenset[str] = frozenset()  # inspect answers without these (REDACTABLE)
     exec_rules: ExecRules | None = None
     volumes: VolumeScope | None = None
     image_list: ImageList | None = None  # images_from: a file of approved images
@@ -194,22 +197,40 @@ class Grant:
     def constrains(self, operation: str) -> bool:
         """Whether this grant limits what a body of ``operation`` may ask for.
 
-        container.create: ``create:`` or ``images:``; exec.create: ``exec:``;
-        volume.create: ``create:`` denying both driver-options and volume-drivers
-        (a local volume with ``o=bind,device=/`` is a host bind mount).
+        container.create: ``create:`` or ``images:``; exec.create: ``exec:``
+        denying privileged and root-user; volume.create: ``create:`` denying both
+        driver-options and volume-drivers (a local volume with ``o=bind,device=/``
+        is a host bind mount).
         """
         if operation == CREATE_OPERATION:
             return self.create_deny is not None or self.images is not None \
                 or self.image_list is not None
         if operation == EXEC_CREATE_OPERATION:
-            return self.exec_rules is not None
+            return self.exec_deny is not None
         if operation == VOLUME_CREATE_OPERATION:
-            return (self.create_deny or frozenset()) >= bodies.VOLUME_CHECKS_ALL
+            return self.volume_deny is not None
         return False
 
+    # The attributes hazards.CONSTRAINTS names (danger.py reads them): None while the
+    # body may still ask for what makes the operation host root.
+    @property
+    def exec_deny(self) -> frozenset[str] | None:
+        """The exec: deny: list when it refuses both Privileged and root (else None)."""
+        deny = self.exec_rules.deny if self.exec_rules is not None else frozenset()
+        return deny if {"privileged", "root-user"} <= deny else None
+
+    @property
+    def volume_deny(self) -> frozenset[str] | None:
+        """driver-options and volume-drivers when create: deny: lists both (else None)."""
+        deny = (self.create_deny or frozenset()) & bodies.VOLUME_CHECKS_ALL
+        return deny if deny == bodies.VOLUME_CHECKS_ALL else None
+
     def needs_body(self, operation: str) -> bool:
-        return self.constrains(operation) or (
-            operation == CREATE_OPERATION and self.volume_scope() is not None)
+        """Whether deciding ``operation`` under this grant reads the request body."""
+        if operation == EXEC_CREATE_OPERATION:
+            return self.exec_rules is not None
+        return operation == CREATE_OPERATION and (
+            self.constrains(operation) or self.volume_scope() is not None)
 
     def volume_scope(self) -> VolumeScope | None:
         """The named volumes a create may mount: the grant's volumes:, or its own when
@@ -218,12 +239,14 @@ class Grant:
             return self.volumes
         return OWN_VOLUMES if "volumes" in (self.create_deny or ()) else None
 
-    def body_problem(self, operation: str, body: bytes) -> str | None:
+    def body_problem(self, operation: str, body: bytes,
+                     defaults: bodies.DaemonDefaults = bodies.STRICT) -> str | None:
         """Why a create or exec body breaks this grant's constraints, or None."""
         if operation == EXEC_CREATE_OPERATION:
             return self.exec_rules.problem(body) if self.exec_rules is not None else None
         try:
-            problems, image = bodies.create_violations(body, self.create_deny or frozenset())
+            problems, image = bodies.create_violations(body, self.create_deny or frozenset(),
+                                                       defaults)
         except bodies.UnparseableError as error:
             return f"the create body cannot be inspected: {error}"
         if problems:
@@ -320,6 +343,9 @@ class ContainerFilter:
     scopes: tuple[ContainerScope, ...]
     list_key: str | None = None
 
+    def rewrite(self, item: dict[str, Any]) -> dict[str, Any]:
+        return item
+
     def keep(self, item: Mapping[str, Any]) -> bool:
         """List items by ``Names``/``Labels``; events by ``Actor``; other events dropped."""
         if self.mode == "json-list":
@@ -334,6 +360,43 @@ class ContainerFilter:
         if not isinstance(name, str) or not isinstance(labels, dict):
             return False
         return any(scope.matches(name, labels) for scope in self.scopes)
+
+
+INSPECT_OPERATION = "container.inspect"
+# What a grant may redact from container.inspect answers.
+REDACTABLE = ("env",)
+REDACTED = "<redacted by dockgate>"
+
+
+@dataclass(frozen=True)
+class EnvRedaction:
+    """Container inspect without the values of ``Config.Env`` (often secrets).
+
+    The names stay (``DB_PASSWORD=<redacted by dockgate>``), so a dashboard still
+    shows which variables are set; state, health, labels, ports and networks are
+    untouched.
+    """
+
+    mode: Literal["json-object"] = "json-object"
+    list_key: str | None = None
+
+    def keep(self, item: Mapping[str, Any]) -> bool:
+        return True
+
+    def rewrite(self, item: dict[str, Any]) -> dict[str, Any]:
+        config = item.get("Config")
+        if isinstance(config, dict) and isinstance(config.get("Env"), list):
+            config["Env"] = [f"{entry.split('=', 1)[0]}={REDACTED}" if isinstance(entry, str)
+                             else REDACTED for entry in config["Env"]]
+        return item
+
+
+def _allow(grant: Grant, operation: str, target: str | None = None,
+           error_answer: ErrorAnswer | None = None) -> Allow:
+    redaction = EnvRedaction() if "env" in grant.redact and operation == INSPECT_OPERATION \
+        else None
+    return Allow(rule=grant.rule, target=target, response_filter=redaction,
+                 error_answer=error_answer)
 
 
 # ---------------------------------------------------------------------------
@@ -352,9 +415,12 @@ class PolicyDecider:
     def __init__(self, label: str, ops: Operations, policies: Mapping[str, Policy], *,
                  clients: tuple[ClientRule, ...], listeners: Mapping[str, str],
                  default: str | None, warnings: tuple[str, ...] = (),
-                 grant_hint: str = "add it to a grant's allow: list") -> None:
+                 grant_hint: str | None = None) -> None:
         self.label = label
-        self.grant_hint = grant_hint  # how to grant a missing operation, in the denial
+        # How to grant a missing operation, in the denial; None: the narrowest grant.
+        self.grant_hint = grant_hint
+        # What the daemon does by default, for create bodies (serve sets it from /info).
+        self.daemon_defaults = bodies.STRICT
         self.ops = ops
         self.policies = dict(policies)
         self.clients = clients
@@ -394,7 +460,8 @@ class PolicyDecider:
         index = policy.index.get(operation)
         if index is None:
             return _denied(request, f"{operation} is not granted by policy {policy.name!r}",
-                           self.grant_hint, rule=f"policy {policy.name!r}")
+                           self.grant_hint or self._narrowest(match),
+                           rule=f"policy {policy.name!r}")
         params = match.target.query_params()
         if index.networks and not index.open and "network" in match.params:
             admitted = [g for g in index.networks if g.admits_query(operation, params)]
@@ -422,6 +489,21 @@ class PolicyDecider:
                            "configuration and start it without a body",
                            rule=f"policy {policy.name!r}")
         return decision
+
+    def _narrowest(self, match: routes.Match) -> str:
+        """The smallest grant that would allow this request, and its risk when it has one."""
+        operation = match.operation
+        grant = f"allow: [{operation}]"
+        param = self.ops.container_ref.get(operation)
+        if param is not None and param in match.params:
+            grant += f", containers: {{names: [{match.params[param]}]}}"
+        if operation == CREATE_OPERATION:
+            return f"narrowest: a grant {{{grant}, create: {{deny: [all]}}}}; without " \
+                   f"create: it {DANGEROUS[operation]}"
+        hint = f"narrowest: a grant {{{grant}}}"
+        if operation in DANGEROUS:
+            hint += f"; it {DANGEROUS[operation]}"
+        return hint
 
     def _filtered(self, request: Request, policy: Policy, index: OperationIndex,
                   operation: str, *, params: Mapping[str, list[str]],
@@ -592,25 +674,24 @@ class PolicyDecider:
         """The first grant whose body constraints (if any) the request meets."""
         operation = match.operation
         scoped = target is not None or operation == CREATE_OPERATION
-        name = match.target.query_params().get("name", [""])[-1]
+        name = match.target.query_params().get("name", [""])[0]  # Go's Form.Get: the first
         errors = ScopedErrors(_sent(request, target),
                               name=name if operation == CREATE_OPERATION else None)
         allow = [g for g in grants if not g.needs_body(operation)]
         if allow:
-            return Allow(rule=allow[0].rule, target=target,
-                         error_answer=errors if scoped else None)
+            return _allow(allow[0], operation, target, errors if scoped else None)
         if facts.body is None:
             return NeedFacts(body=True)
         problem = ""
         for grant in grants:
-            found = grant.body_problem(operation, facts.body)
+            found = grant.body_problem(operation, facts.body, self.daemon_defaults)
             if found is None and operation == CREATE_OPERATION:
                 volumes = self._volume_problem(grant, policy, facts)
                 if isinstance(volumes, NeedFacts):
                     return volumes
                 found = volumes
             if found is None:
-                return Allow(rule=grant.rule, target=target, error_answer=errors)
+                return _allow(grant, operation, target, errors)
             problem = problem or found
         return _denied(request, f"{operation}: {problem}",
                        f"policy {policy.name!r} constrains what {operation} may ask for",

@@ -20,6 +20,8 @@ from dockgate import bodies
 from dockgate.policy_decider import (
     CREATE_OPERATION,
     EXEC_CREATE_OPERATION,
+    INSPECT_OPERATION,
+    REDACTABLE,
     VOLUME_CREATE_OPERATION,
     Grant,
     Operations,
@@ -45,7 +47,7 @@ from dockgate.policy_yaml import Source, compose, integer, mapping, sequence, su
 _TOP_KEYS = ("version", "policies", "clients", "listeners", "default")
 _POLICY_KEYS = ("description", "owner", "grants")
 _GRANT_KEYS = ("allow", "containers", "networks", "images", "images_from", "volumes", "query",
-               "create", "exec")
+               "create", "exec", "redact")
 _CONTAINER_KEYS = ("names", "globs", "labels", "own")
 _VOLUME_KEYS = ("names", "globs", "labels", "own")
 _CREATE_KEYS = ("deny",)
@@ -231,17 +233,22 @@ class _Compiler:
                                         f"{kind} operations need a {kind}s: scope "
                                         f"({', '.join(unscoped)}); write {kind}s: "
                                         "{own: true}")
-        if CREATE_OPERATION in operations_ and create_deny is None and images is None \
-                and image_list is None:
-            self.warnings.append(f"{where}: grants container.create without create: or "
-                                 "images: constraints; that is root on the host (a bind mount "
-                                 "of / or privileged mode)")
-        elif CREATE_OPERATION in operations_ and create_deny is None and image_list is not None:
-            self.warnings.append(f"{where}: images_from: limits which images run, not how: "
-                                 "without create: deny: [...] an approved image still runs "
-                                 "privileged or with / mounted")
+        redact: frozenset[str] = frozenset()
+        if "redact" in parts:
+            if INSPECT_OPERATION not in operations_:
+                raise self.source.error(parts["redact"][0], "redact: applies to "
+                                        "container.inspect answers, which this grant does not "
+                                        "allow; add it to allow: or remove redact:")
+            for item, item_node in texts(parts["redact"][1], self.source, "redact"):
+                if item not in REDACTABLE:
+                    raise self.source.error(item_node, f"cannot redact {item!r}"
+                                            f"{suggest(item, REDACTABLE)}; known: "
+                                            f"{', '.join(REDACTABLE)}")
+            redact = frozenset(item for item, _ in texts(parts["redact"][1], self.source,
+                                                         "redact"))
         return Grant(policy, number, where, operations_, containers, images, query,
-                     create_deny, exec_rules, volumes, image_list, network_owner)
+                     create_deny, redact=redact, exec_rules=exec_rules, volumes=volumes,
+                     image_list=image_list, network_owner=network_owner)
 
     def volume_scope(self, node: yaml.Node) -> VolumeScope:
         names: set[str] = set()

@@ -86,8 +86,11 @@ class VolumeFilter:
 
     policy: str
     scopes: tuple[VolumeScope, ...]
-    mode: Literal["json-list", "json-lines"] = "json-list"
+    mode: Literal["json-list", "json-lines", "json-object"] = "json-list"
     list_key: str | None = "Volumes"
+
+    def rewrite(self, item: dict[str, Any]) -> dict[str, Any]:
+        return item
 
     def keep(self, item: Mapping[str, Any]) -> bool:
         name = item.get("Name")

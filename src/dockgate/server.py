@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from dockgate import http1, logs, metrics, routes, watch
+from dockgate import admin, http1, learnlog, logs, metrics, routes, systemd, watch
 from dockgate.decision import (
     NO_FACTS,
     Allow,
@@ -144,6 +144,9 @@ class Listener:
         parts = urlsplit(url)
         self.kind = parts.scheme
         self.path = parts.path if self.kind == "unix" else ""
+        if self.kind == "fd":  # sockets inherited from systemd; see systemd.py
+            self.host, self.port = "", 0
+            return
         if self.kind == "unix":
             self.host = ""
             self.port = 0
@@ -207,8 +210,13 @@ def bind_listeners(settings: Settings, listeners: list[Listener]) -> list[BoundL
     serve the same sockets (see ``Supervisor``).
     """
     bound: list[BoundListener] = []
+    inherited = systemd.Inherited.from_env(os.environ, os.getpid())
     try:
         for listener in listeners:
+            if listener.kind == "fd":
+                bound.extend(BoundListener(Listener(url), [sock], None, [url])
+                             for url, sock in inherited.claim(listener.url))
+                continue
             context = _tls_context(settings) if listener.kind == "tls" else None
             if listener.kind == "unix":
                 sockets = [_bind_unix(settings, listener.path)]
@@ -221,7 +229,9 @@ def bind_listeners(settings: Settings, listeners: list[Listener]) -> list[BoundL
                 names = [f"{listener.kind}://{name[0]}:{name[1]}"
                          for name in (sock.getsockname() for sock in sockets)]
             bound.append(BoundListener(listener, sockets, context, names))
+        inherited.check_all_claimed()
     except BaseException:
+        inherited.close()
         close_listeners(bound)
         raise
     return bound
@@ -338,6 +348,7 @@ class Proxy:
         self.bound: list[str] = []
         self.owns_files = False
         self.quiet: asyncio.Event | None = None
+        self.recorder = learnlog.recorder(settings.learn, settings.learn_max_bytes)
 
     async def start(self, bound: list[BoundListener] | None = None) -> None:
         """Serve on ``bound`` (sockets a supervisor bound before forking), else bind now.
@@ -369,7 +380,9 @@ class Proxy:
             decider = build()
         except ConfigError as error:
             log.error("reload failed, keeping the current policy: %s", error)
+            metrics.count_reload("failed")
             return
+        metrics.count_reload("ok")
         self.decider = decider
         log.info("reloaded: decisions now by %s", decider.name)
 
@@ -703,6 +716,7 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.check_quiet()
         if self.stream_opened:
             self.stream_opened = False
+            metrics.stream_closed("stream")
             logs.audit("stream.close", client=record["client"], target=record["target"],
                        status=status, bytes_out=self.bytes_out,
                        duration_ms=round((time.monotonic() - started) * 1000, 3))
@@ -711,7 +725,8 @@ class ClientConnection(asyncio.Protocol):
         record["bytes_out"] = self.bytes_out
         record["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
         logs.audit("request", **record)
-        metrics.count_request(record["operation"] or "none", record["decision"], status)
+        metrics.count_request(record["operation"] or "none", record["decision"], status,
+                              time.monotonic() - started)
         return keep and not self.proxy.shutting_down
 
     async def _decide_and_forward(self, head: http1.RequestHead,
@@ -765,6 +780,8 @@ class ClientConnection(asyncio.Protocol):
             close = error.close_connection or (head.has_body and body is None)
             return self._answer_error(error.status, error.message, head, close), error.status
         record["rule"] = decision.rule
+        if self.proxy.recorder is not None:  # learn mode: the same facts, for the recording
+            self.proxy.recorder.observe(self.client, request, facts, decision)
         unread_body = head.has_body and body is None
         if isinstance(decision, Deny):
             record["decision"] = "deny"
@@ -867,6 +884,7 @@ class ClientConnection(asyncio.Protocol):
             try:
                 conn = pool.take_idle() or await pool.acquire()
             except UpstreamError as error:
+                metrics.count_upstream_error("connect")
                 record["reason"] = error.message
                 return self._answer_error(502, error.message, head,
                                           close=head.has_body and body is None), 502
@@ -908,11 +926,13 @@ class ClientConnection(asyncio.Protocol):
             break
         self.upstream = None
         if outcome == "lost":
+            metrics.count_upstream_error("lost")
             conn.abort()
             message = exchange.error or pool.unreachable_message("connection lost")
             record["reason"] = message
             return self._answer_error(502, message, head, close=not body_done), 502
         if outcome == "broken":
+            metrics.count_upstream_error("broken")
             conn.abort()
             self.abort()
             return False, exchange.status
@@ -952,6 +972,7 @@ class ClientConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._raw_done = loop.create_future()
         opened = time.monotonic()
+        metrics.stream_opened("session")
         logs.audit("session.open", client=record["client"], method=record["method"],
                    target=record["target"], operation=record["operation"],
                    status=exchange.status)
@@ -969,6 +990,7 @@ class ClientConnection(asyncio.Protocol):
         await self._raw_done
         conn.close()
         self.upstream = None
+        metrics.stream_closed("session")
         logs.audit("session.close", client=record["client"], target=record["target"],
                    bytes_in=self.bytes_in, bytes_out=self.bytes_out,
                    duration_ms=round((time.monotonic() - opened) * 1000, 3))
@@ -1123,7 +1145,7 @@ class Exchange:
                 headers.append((b"Content-Length", b"%d" % response.content_length))
         elif status >= 400 and self.error_answer is not None:
             self.mode = "collect"  # rewritten whole at the end (_send_collected)
-        elif self.filter is not None and self.filter.mode == "json-list":
+        elif self.filter is not None and self.filter.mode in ("json-list", "json-object"):
             self.mode = "collect"
         elif self.filter is not None:
             self.mode = "lines" if client_11 else "lines-close"
@@ -1154,6 +1176,7 @@ class Exchange:
             self.client.busy_plain = False
             self.client.proxy.check_quiet()
             self.client.stream_opened = True
+            metrics.stream_opened("stream")
             logs.audit("stream.open", client=self.client.client_name,
                        method=request.method, target=request.target, status=status)
         self.out.append(http1.response_head(status, headers, response.reason))
@@ -1221,12 +1244,15 @@ class Exchange:
             document = json.loads(b"".join(self._collected)) if self._collected else []
         except ValueError:
             document = None
+        if self.filter.mode == "json-object" and isinstance(document, dict):
+            self._send_collected(json.dumps(self.filter.rewrite(document)).encode() + b"\n")
+            return
         items = document
         if key is not None:
             # GET /volumes answers {"Volumes": [...] or null, "Warnings": ...}.
             items = (document.get(key) or []) if isinstance(document, dict) else None
         if not isinstance(items, list):
-            self._fail("dockgate: the daemon's answer is not the JSON list the policy filters")
+            self._fail("dockgate: the daemon's answer is not the JSON the policy filters")
             return
         kept = [item for item in items if isinstance(item, dict) and self.filter.keep(item)]
         if key is not None:
@@ -1249,24 +1275,26 @@ async def serve(settings: Settings, decider: Decider,
     ``bound``: the sockets a supervisor bound for this worker (None: bind them here).
     """
     proxy = Proxy(settings, decider)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Before listening: a client may signal as soon as it can connect (SIGHUP's
+    # default action would kill the process).
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, proxy.reload, reload)
+    admin_servers = await admin.start(settings)
     try:
         await proxy.start(bound)
     except OSError as error:
         log.error("cannot listen: %s", error)
         return 1
-    if settings.metrics_listen:
-        metrics.serve(settings.metrics_listen)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    watcher = None
-    if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, proxy.reload, reload)
-        watcher = asyncio.ensure_future(watch.watch(proxy, reload))
+    # Image lists another process rewrites reload the policy as SIGHUP does.
+    watcher = asyncio.ensure_future(watch.watch(proxy, reload)) if reload is not None else None
     if bound is None:
         log.info("listening on %s, forwarding to %s, decisions by %s",
                  ", ".join(proxy.bound), settings.upstream_url, decider.name)
+        systemd.notify(f"READY=1\nSTATUS=listening on {', '.join(proxy.bound)}")
     else:
         # The supervisor forked us with its signals blocked: what arrived while we
         # started (a SIGHUP right after the fork) is delivered to the handlers now,
@@ -1278,6 +1306,10 @@ async def serve(settings: Settings, decider: Decider,
     log.info("shutting down")
     if watcher is not None:
         watcher.cancel()
+    if bound is None:
+        systemd.notify("STOPPING=1")
+    for server in admin_servers:
+        server.close()
     await proxy.shutdown()
     return 0
 
@@ -1312,6 +1344,7 @@ def run(settings: Settings, decider: Decider,
         logs.flush()
         return result
     listeners = [Listener(url) for url in settings.listeners]
+    admin.bind(settings)  # before forking: every worker serves the admin sockets too
     try:
         bound = bind_listeners(settings, listeners)
     except OSError as error:
@@ -1320,6 +1353,7 @@ def run(settings: Settings, decider: Decider,
     log.info("listening on %s, forwarding to %s, decisions by %s, %d workers",
              ", ".join(name for entry in bound for name in entry.names),
              settings.upstream_url, decider.name, settings.workers)
+    systemd.notify("READY=1")  # connections queue on the bound sockets until a worker accepts
     try:
         return Supervisor(settings, decider, reload, bound).run()
     finally:
@@ -1397,6 +1431,7 @@ class Supervisor:
     def _on_signal(self, signo: int) -> None:
         if signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
             log.info("shutting down %d workers", len(self.workers))
+            systemd.notify("STOPPING=1")
             self.stopping = True
             self.waiting.clear()
             self._send(signal.SIGTERM)
@@ -1419,6 +1454,7 @@ class Supervisor:
             slot = self.workers.pop(pid, None)
             if slot is None:
                 continue
+            metrics.worker_exited(pid)
             if self.stopping:
                 continue
             log.error("worker %d (pid %d) ended unexpectedly (%s); replacing it", slot, pid,
