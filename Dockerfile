@@ -15,7 +15,11 @@ RUN python3 -m venv /opt/dockgate \
         --find-links /tmp/wheelhouse dockgate \
     && rm -rf /tmp/wheelhouse \
     && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin dockgate
+        --shell /usr/sbin/nologin dockgate \
+    && install -d -o 10001 -g 10001 -m 0755 /run/dockgate-gateway
+# /run/dockgate-gateway: where deploy/compose.yaml mounts the MCP gateway's socket
+# volume. A new named volume takes this directory's owner, so dockgate (uid 10001,
+# read-only root filesystem) can create its listener socket in it.
 COPY healthcheck.py /opt/dockgate/healthcheck.py
 
 # The admin listener on loopback: /readyz for the HEALTHCHECK, outside every client
