@@ -58,7 +58,18 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from dockgate import admin, http1, learnlog, logs, metrics, routes, startup, systemd, tlsstream
+from dockgate import (
+    admin,
+    http1,
+    learnlog,
+    logs,
+    metrics,
+    routes,
+    startup,
+    systemd,
+    tlsstream,
+    watch,
+)
 from dockgate.decision import (
     NO_FACTS,
     Allow,
@@ -812,9 +823,14 @@ class ClientConnection(asyncio.Protocol):
                 for ref in decision.volumes:
                     if ref not in volumes:
                         volumes[ref] = await upstream.volume_facts(ref)
+                networks = dict(facts.networks)
+                for ref in decision.networks:
+                    if ref not in networks:
+                        networks[ref] = await upstream.network_facts(ref)
                 if decision.body and body is None:
                     body = await self._read_whole_body(head)
-                facts = Facts(containers=containers, body=body, execs=execs, volumes=volumes)
+                facts = Facts(containers=containers, body=body, execs=execs, volumes=volumes,
+                              networks=networks)
             else:
                 decision = Deny(f"dockgate: {head.method} {target.api_path} denied — the "
                                 "policy could not decide it", rule="undecidable")
@@ -1349,6 +1365,8 @@ async def serve(settings: Settings, decider: Decider,
     except OSError as error:
         log.error("cannot listen: %s", error)
         return 1
+    # Image lists another process rewrites reload the policy as SIGHUP does.
+    watcher = asyncio.ensure_future(watch.watch(proxy, reload)) if reload is not None else None
     if bound is None:
         log.info("listening on %s, forwarding to %s, decisions by %s",
                  ", ".join(proxy.bound), settings.upstream_url, decider.name)
@@ -1362,6 +1380,8 @@ async def serve(settings: Settings, decider: Decider,
         log.info("worker serving (pid %d)", os.getpid())
     await stop.wait()
     log.info("shutting down")
+    if watcher is not None:
+        watcher.cancel()
     if bound is None:
         systemd.notify("STOPPING=1")
     for server in admin_servers:
