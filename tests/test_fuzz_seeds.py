@@ -33,6 +33,7 @@ def test_every_seed_keeps_the_fuzzers_invariants(name: str, monkeypatch: pytest.
 @pytest.mark.parametrize(("name", "data"), [
     ("request", b"\x00GET  / HTTP/1.1\r\nHost: d\r\n\r\n"),
     ("target", b"\x00/containers/%25252e%25252e/json"),
+    ("target", b"\x00/containers/gw%3F/json"),  # free text refused outside a network name
     ("body", b'{"HostConfig": {"Mounts": [{"Type": "volume", "VolumeOptions": {"DriverConfig":'
              b' {"Name": "local"}}}], "Mounts": [{"Type": "volume"}]}}'),
     ("response", b"\x00HTTP/1.1 200 OK\r\nContent-Len/th: 5\r\n\r\nhello"),
