@@ -30,6 +30,8 @@ from fakedaemon import FakeDaemon
 
 DOCKER_SOCKET = os.environ.get("DOCKGATE_TEST_SOCKET", "/var/run/docker.sock")
 BUSYBOX_IMAGE = "dockgate-test/busybox:latest"
+DOCKGATE_IMAGE = "dockgate-test/dockgate:image-test"
+ROOT = Path(__file__).resolve().parent.parent
 NAME_PREFIX = "dgtest-"
 # Every Tecnativa section on: the proxy forwards every Engine API route, for the
 # parity and load tests that compare it with direct access.
@@ -143,6 +145,20 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
     except docker.errors.ImageNotFound:
         build_busybox_image(docker_client)
     return BUSYBOX_IMAGE
+
+
+@pytest.fixture(scope="session")
+def dockgate_image(docker_client: docker.DockerClient) -> str:
+    """The dockgate image, built once per session by scripts/build-image on the test daemon.
+
+    Shared by the image and the Swarm tests; the debootstrap base image is reused when
+    the daemon has it. A test using this needs a timeout of several minutes.
+    """
+    env = {**os.environ, "DOCKGATE_IMAGE": DOCKGATE_IMAGE, "DOCKER_HOST": f"unix://{DOCKER_SOCKET}"}
+    result = subprocess.run([str(ROOT / "scripts" / "build-image")], capture_output=True,
+                            text=True, timeout=600, check=False, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return DOCKGATE_IMAGE
 
 
 @dataclass

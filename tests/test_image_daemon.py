@@ -22,11 +22,10 @@ import pytest
 
 from conftest import DOCKER_SOCKET, unique_name
 
-# Building the image (debootstrap when the base is not cached) needs more than the default.
+# Building the image (conftest.dockgate_image; debootstrap when the base is not cached)
+# needs more than the default.
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(600)]
 
-ROOT = Path(__file__).resolve().parent.parent
-IMAGE = "dockgate-test/dockgate:image-test"
 SOCKET_DIR_IN_CONTAINER = "/run/dockgate"
 
 
@@ -63,18 +62,8 @@ def wait_healthy(container: Any, timeout: float = 30.0) -> str:
         time.sleep(0.25)
 
 
-@pytest.fixture(scope="module")
-def image(docker_client: docker.DockerClient) -> str:
-    """Build the image with the project's own script (the base image is reused if present)."""
-    result = subprocess.run([str(ROOT / "scripts" / "build-image")], capture_output=True,
-                            text=True, timeout=600, check=False,
-                            env={**os.environ, "DOCKGATE_IMAGE": IMAGE})
-    assert result.returncode == 0, result.stdout + result.stderr
-    return IMAGE
-
-
 @pytest.fixture
-def proxy(docker_client: docker.DockerClient, image: str, busybox_image: str,
+def proxy(docker_client: docker.DockerClient, dockgate_image: str, busybox_image: str,
           tmp_path: Path) -> Iterator[tuple[docker.models.containers.Container, Path, str]]:
     """dockgate in the image, restart+inspect of one gateway, listening on a unix socket."""
     gateway = unique_name("relay-imggw")
@@ -84,7 +73,7 @@ def proxy(docker_client: docker.DockerClient, image: str, busybox_image: str,
     socket_dir.mkdir()
     os.chown(socket_dir, 10001, 10001)
     container = docker_client.containers.run(
-        image, name=unique_name("relay-img"), network_mode="none", detach=True,
+        dockgate_image, name=unique_name("relay-img"), network_mode="none", detach=True,
         group_add=[str(os.stat(DOCKER_SOCKET).st_gid)],
         # The hardening deploy/compose.yaml applies, so the test proves it is enough.
         read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
@@ -104,9 +93,9 @@ def proxy(docker_client: docker.DockerClient, image: str, busybox_image: str,
 
 
 def test_image_runs_as_non_root_with_a_python_ping_healthcheck(
-        docker_client: docker.DockerClient, image: str) -> None:
+        docker_client: docker.DockerClient, dockgate_image: str) -> None:
     """Non-root by default; the HEALTHCHECK pings through the proxy, not the daemon directly."""
-    config = docker_client.api.inspect_image(image)["Config"]
+    config = docker_client.api.inspect_image(dockgate_image)["Config"]
     assert config["User"] == "10001:10001"
     assert config["Healthcheck"]["Test"] == ["CMD", "/opt/dockgate/bin/python",
                                              "/opt/dockgate/healthcheck.py"]
@@ -114,9 +103,9 @@ def test_image_runs_as_non_root_with_a_python_ping_healthcheck(
 
 
 def test_dockgate_help_runs_in_a_networkless_container(
-        docker_client: docker.DockerClient, image: str) -> None:
+        docker_client: docker.DockerClient, dockgate_image: str) -> None:
     """The installed entry point works with no network at all (everything came from wheels)."""
-    output = docker_client.containers.run(image, ["serve", "--help"], network_mode="none",
+    output = docker_client.containers.run(dockgate_image, ["serve", "--help"], network_mode="none",
                                           name=unique_name("relay-help"), remove=True)
     assert b"DOCKGATE_LISTEN" in output
 
@@ -135,10 +124,10 @@ def test_container_serves_the_unix_listener_and_becomes_healthy(
 
 
 def test_default_tcp_listener_is_healthy_without_any_network(
-        docker_client: docker.DockerClient, image: str) -> None:
+        docker_client: docker.DockerClient, dockgate_image: str) -> None:
     """Without DOCKGATE_LISTEN the HEALTHCHECK finds the default port 2375 on loopback."""
     container = docker_client.containers.run(
-        image, name=unique_name("relay-imgtcp"), network_mode="none", detach=True,
+        dockgate_image, name=unique_name("relay-imgtcp"), network_mode="none", detach=True,
         group_add=[str(os.stat(DOCKER_SOCKET).st_gid)],
         volumes={DOCKER_SOCKET: {"bind": "/var/run/docker.sock", "mode": "ro"}},
         healthcheck={"interval": 500_000_000, "start_period": 0})
