@@ -102,8 +102,8 @@ def stack(docker_client: docker.DockerClient, dockgate_image: str) -> Iterator[S
     gid = os.stat(DOCKER_SOCKET).st_gid
     os.chown(socket_dir, DOCKGATE_UID, gid)
     socket_dir.chmod(0o750)
-    init = docker_cli("swarm", "init", "--advertise-addr", "127.0.0.1")
     try:
+        init = docker_cli("swarm", "init", "--advertise-addr", "127.0.0.1")
         assert init.returncode == 0, init.stderr
         deploy = docker_cli(
             "stack", "deploy", "--resolve-image", "never", "-c", str(STACK_FILE), name,
@@ -126,11 +126,11 @@ def stack(docker_client: docker.DockerClient, dockgate_image: str) -> Iterator[S
             eventually(lambda: not docker_client.containers.list(all=True, filters=with_label),
                        "the stack's containers are still there", timeout=60)
         finally:
+            shutil.rmtree(socket_dir, ignore_errors=True)
             leave = docker_cli("swarm", "leave", "--force")
             for network in docker_client.networks.list():
                 if network.name not in networks_before:  # docker_gwbridge
                     network.remove()
-            shutil.rmtree(socket_dir, ignore_errors=True)
     assert leave.returncode == 0, leave.stderr
     assert docker_client.info()["Swarm"]["LocalNodeState"] == "inactive"
 

@@ -209,11 +209,18 @@ def test_an_fd_listener_without_socket_activation_says_how_to_get_one(
             ".socket unit (deploy/systemd/)") in manager.output()
 
 
-def test_an_inherited_socket_that_does_not_listen_is_refused(
-        manager: Manager, sockdir: Path) -> None:
-    """A datagram socket (ListenDatagram=) cannot carry HTTP: say which directive to use."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+@pytest.mark.parametrize("kind", ["datagram", "abstract"])
+def test_an_inherited_socket_that_is_no_stream_listener_on_a_path_is_refused(
+        manager: Manager, sockdir: Path, kind: str) -> None:
+    """ListenDatagram= cannot carry HTTP; an abstract socket has no file to guard: say so."""
+    if kind == "datagram":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(sockdir / "dgram.sock"))
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(f"\0dockgate-test-{os.getpid()}")
+        sock.listen(1)
+    with sock:
         process = manager.start([("api", sock)], "--listen", "fd://")
         assert process.wait(timeout=20) == 2
     assert ("dockgate: inherited descriptor 3 (api) is not a listening TCP or unix stream "
