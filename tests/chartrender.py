@@ -12,7 +12,8 @@ a guess, so the chart cannot drift into syntax this renderer would get wrong:
   and empty strings, maps and lists are false);
 - pipelines ``A | f N | g``: the value on the left becomes the last argument;
 - terms: ``.Values.a.b``, ``.Release.Name``, ``.Release.Namespace``,
-  ``.Chart.AppVersion`` (any dotted path into the context), "strings", integers;
+  ``.Chart.AppVersion`` (any dotted path into the context), "strings" (without ``|``,
+  which always separates commands here), integers;
 - functions: ``eq``, ``not``, ``quote``, ``toYaml``, ``indent``, ``nindent``,
   ``sha256sum``, as Helm defines them (``toYaml`` drops the trailing newline;
   ``indent N`` pads every line, ``nindent N`` starts with a newline).
