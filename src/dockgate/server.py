@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from dockgate import http1, logs, metrics, routes, systemd
+from dockgate import admin, http1, learnlog, logs, metrics, routes, systemd
 from dockgate.decision import (
     NO_FACTS,
     Allow,
@@ -66,6 +66,7 @@ from dockgate.decision import (
     Decider,
     Decision,
     Deny,
+    ErrorAnswer,
     Facts,
     NeedFacts,
     Request,
@@ -347,6 +348,7 @@ class Proxy:
         self.bound: list[str] = []
         self.owns_files = False
         self.quiet: asyncio.Event | None = None
+        self.recorder = learnlog.recorder(settings.learn, settings.learn_max_bytes)
 
     async def start(self, bound: list[BoundListener] | None = None) -> None:
         """Serve on ``bound`` (sockets a supervisor bound before forking), else bind now.
@@ -378,7 +380,9 @@ class Proxy:
             decider = build()
         except ConfigError as error:
             log.error("reload failed, keeping the current policy: %s", error)
+            metrics.count_reload("failed")
             return
+        metrics.count_reload("ok")
         self.decider = decider
         log.info("reloaded: decisions now by %s", decider.name)
 
@@ -712,6 +716,7 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.check_quiet()
         if self.stream_opened:
             self.stream_opened = False
+            metrics.stream_closed("stream")
             logs.audit("stream.close", client=record["client"], target=record["target"],
                        status=status, bytes_out=self.bytes_out,
                        duration_ms=round((time.monotonic() - started) * 1000, 3))
@@ -720,7 +725,8 @@ class ClientConnection(asyncio.Protocol):
         record["bytes_out"] = self.bytes_out
         record["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
         logs.audit("request", **record)
-        metrics.count_request(record["operation"] or "none", record["decision"], status)
+        metrics.count_request(record["operation"] or "none", record["decision"], status,
+                              time.monotonic() - started)
         return keep and not self.proxy.shutting_down
 
     async def _decide_and_forward(self, head: http1.RequestHead,
@@ -743,13 +749,22 @@ class ClientConnection(asyncio.Protocol):
                 decision = self._decide(decider, request, facts)
                 if not isinstance(decision, NeedFacts):
                     break
+                upstream = self.proxy.upstream
                 containers = dict(facts.containers)
                 for ref in decision.containers:
                     if ref not in containers:
-                        containers[ref] = await self.proxy.upstream.container_facts(ref)
+                        containers[ref] = await upstream.container_facts(ref)
+                execs = dict(facts.execs)
+                for ref in decision.execs:
+                    if ref not in execs:
+                        execs[ref] = await upstream.exec_facts(ref)
+                volumes = dict(facts.volumes)
+                for ref in decision.volumes:
+                    if ref not in volumes:
+                        volumes[ref] = await upstream.volume_facts(ref)
                 if decision.body and body is None:
                     body = await self._read_whole_body(head)
-                facts = Facts(containers=containers, body=body)
+                facts = Facts(containers=containers, body=body, execs=execs, volumes=volumes)
             else:
                 decision = Deny(f"dockgate: {head.method} {target.api_path} denied — the "
                                 "policy could not decide it", rule="undecidable")
@@ -760,6 +775,8 @@ class ClientConnection(asyncio.Protocol):
             close = error.close_connection or (head.has_body and body is None)
             return self._answer_error(error.status, error.message, head, close), error.status
         record["rule"] = decision.rule
+        if self.proxy.recorder is not None:  # learn mode: the same facts, for the recording
+            self.proxy.recorder.observe(self.client, request, facts, decision)
         unread_body = head.has_body and body is None
         if isinstance(decision, Deny):
             record["decision"] = "deny"
@@ -769,6 +786,11 @@ class ClientConnection(asyncio.Protocol):
         record["decision"] = "allow"
         if decision.target is not None:
             record["forwarded"] = decision.target  # the pinned target (resolved full ID)
+        if decision.body is not None and head.has_body and body is None:
+            log.error("decider %s replaced a body it never read", decider.name)
+            record["decision"] = "error"
+            return self._answer_error(500, "dockgate: internal error deciding this "
+                                      "request", head, close=True), 500
         if decision.target is not None and not _valid_target(decision.target):
             # Deciders are ours, but a rewritten target is a header line: never trust it blind.
             log.error("decider %s returned an invalid target %r", decider.name,
@@ -777,6 +799,8 @@ class ClientConnection(asyncio.Protocol):
             return self._answer_error(500, "dockgate: internal error deciding this "
                                       "request", head, close=True), 500
         stream = match.route.stream if match is not None else routes.Stream.PLAIN
+        if decision.body is not None:
+            body = decision.body  # e.g. a volume create with the owner label added
         return await self._forward(head, decision, stream, body, record)
 
     def _decide(self, decider: Decider, request: Request, facts: Facts) -> Decision:
@@ -855,11 +879,13 @@ class ClientConnection(asyncio.Protocol):
             try:
                 conn = pool.take_idle() or await pool.acquire()
             except UpstreamError as error:
+                metrics.count_upstream_error("connect")
                 record["reason"] = error.message
                 return self._answer_error(502, error.message, head,
                                           close=head.has_body and body is None), 502
             exchange = Exchange(self, conn, head, response_filter=allow.response_filter,
-                                stream=stream, upgrade=upgrade)
+                                stream=stream, upgrade=upgrade,
+                                error_answer=allow.error_answer)
             conn.sink = exchange
             conn.reader.expect(head.method)
             self.upstream = conn
@@ -895,11 +921,13 @@ class ClientConnection(asyncio.Protocol):
             break
         self.upstream = None
         if outcome == "lost":
+            metrics.count_upstream_error("lost")
             conn.abort()
             message = exchange.error or pool.unreachable_message("connection lost")
             record["reason"] = message
             return self._answer_error(502, message, head, close=not body_done), 502
         if outcome == "broken":
+            metrics.count_upstream_error("broken")
             conn.abort()
             self.abort()
             return False, exchange.status
@@ -939,6 +967,7 @@ class ClientConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._raw_done = loop.create_future()
         opened = time.monotonic()
+        metrics.stream_opened("session")
         logs.audit("session.open", client=record["client"], method=record["method"],
                    target=record["target"], operation=record["operation"],
                    status=exchange.status)
@@ -956,6 +985,7 @@ class ClientConnection(asyncio.Protocol):
         await self._raw_done
         conn.close()
         self.upstream = None
+        metrics.stream_closed("session")
         logs.audit("session.close", client=record["client"], target=record["target"],
                    bytes_in=self.bytes_in, bytes_out=self.bytes_out,
                    duration_ms=round((time.monotonic() - opened) * 1000, 3))
@@ -1014,11 +1044,13 @@ class Exchange:
 
     def __init__(self, client: ClientConnection, conn: UpstreamConnection,
                  head: http1.RequestHead, *, response_filter: ResponseFilter | None,
-                 stream: routes.Stream, upgrade: bytes | None) -> None:
+                 stream: routes.Stream, upgrade: bytes | None,
+                 error_answer: ErrorAnswer | None = None) -> None:
         self.client = client
         self.conn = conn
         self.head = head
         self.filter = response_filter
+        self.error_answer = error_answer
         self.stream = stream
         self.upgrade = upgrade
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -1106,7 +1138,9 @@ class Exchange:
             if response.content_length is not None and (request.method == "HEAD"
                                                         or status == 304):
                 headers.append((b"Content-Length", b"%d" % response.content_length))
-        elif self.filter is not None and self.filter.mode == "json-list":
+        elif status >= 400 and self.error_answer is not None:
+            self.mode = "collect"  # rewritten whole at the end (_send_collected)
+        elif self.filter is not None and self.filter.mode in ("json-list", "json-object"):
             self.mode = "collect"
         elif self.filter is not None:
             self.mode = "lines" if client_11 else "lines-close"
@@ -1137,6 +1171,7 @@ class Exchange:
             self.client.busy_plain = False
             self.client.proxy.check_quiet()
             self.client.stream_opened = True
+            metrics.stream_opened("stream")
             logs.audit("stream.open", client=self.client.client_name,
                        method=request.method, target=request.target, status=status)
         self.out.append(http1.response_head(status, headers, response.reason))
@@ -1182,7 +1217,10 @@ class Exchange:
                     self.out.append(piece)
 
     def _end(self) -> None:
-        if self.mode == "collect":
+        if self.mode == "collect" and self.status >= 400 and self.error_answer is not None:
+            self._send_collected(self.error_answer.rewrite(self.status,
+                                                           b"".join(self._collected)))
+        elif self.mode == "collect":
             self._send_filtered_list()
         elif self.mode in ("lines", "lines-close"):
             if self._line.strip():
@@ -1196,15 +1234,29 @@ class Exchange:
 
     def _send_filtered_list(self) -> None:
         assert self.filter is not None
+        key = self.filter.list_key
         try:
-            items = json.loads(b"".join(self._collected)) if self._collected else []
+            document = json.loads(b"".join(self._collected)) if self._collected else []
         except ValueError:
-            items = None
+            document = None
+        if self.filter.mode == "json-object" and isinstance(document, dict):
+            self._send_collected(json.dumps(self.filter.rewrite(document)).encode() + b"\n")
+            return
+        items = document
+        if key is not None:
+            # GET /volumes answers {"Volumes": [...] or null, "Warnings": ...}.
+            items = (document.get(key) or []) if isinstance(document, dict) else None
         if not isinstance(items, list):
-            self._fail("dockgate: the daemon's answer is not the JSON list the policy filters")
+            self._fail("dockgate: the daemon's answer is not the JSON the policy filters")
             return
         kept = [item for item in items if isinstance(item, dict) and self.filter.keep(item)]
-        body = json.dumps(kept).encode() + b"\n"
+        if key is not None:
+            assert isinstance(document, dict)
+            self._send_collected(json.dumps({**document, key: kept}).encode() + b"\n")
+        else:
+            self._send_collected(json.dumps(kept).encode() + b"\n")
+
+    def _send_collected(self, body: bytes) -> None:
         headers = [*self._headers, (b"Content-Length", b"%d" % len(body))]
         self.started = True
         self.out += (http1.response_head(self.status, headers), body)
@@ -1218,13 +1270,12 @@ async def serve(settings: Settings, decider: Decider,
     ``bound``: the sockets a supervisor bound for this worker (None: bind them here).
     """
     proxy = Proxy(settings, decider)
+    admin_servers = await admin.start(settings)
     try:
         await proxy.start(bound)
     except OSError as error:
         log.error("cannot listen: %s", error)
         return 1
-    if settings.metrics_listen:
-        metrics.serve(settings.metrics_listen)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -1246,6 +1297,8 @@ async def serve(settings: Settings, decider: Decider,
     log.info("shutting down")
     if bound is None:
         systemd.notify("STOPPING=1")
+    for server in admin_servers:
+        server.close()
     await proxy.shutdown()
     return 0
 
@@ -1280,6 +1333,7 @@ def run(settings: Settings, decider: Decider,
         logs.flush()
         return result
     listeners = [Listener(url) for url in settings.listeners]
+    admin.bind(settings)  # before forking: every worker serves the admin sockets too
     try:
         bound = bind_listeners(settings, listeners)
     except OSError as error:
@@ -1389,6 +1443,7 @@ class Supervisor:
             slot = self.workers.pop(pid, None)
             if slot is None:
                 continue
+            metrics.worker_exited(pid)
             if self.stopping:
                 continue
             log.error("worker %d (pid %d) ended unexpectedly (%s); replacing it", slot, pid,
