@@ -254,6 +254,15 @@ def test_the_pod_spec_serves_its_policy_in_the_real_image(
         denied = request(path, "POST /containers/create")
         assert denied.startswith(b"HTTP/1.1 403 ")
         assert b"container.create is not granted by policy 'node-agent'" in denied
+        # The probes, asked where the kubelet would, on the admin port (here through the
+        # container's own loopback: it has no other network).
+        port = env_of(container)["DOCKGATE_ADMIN_LISTEN"].rsplit(":", 1)[1]
+        for probe in ("livenessProbe", "readinessProbe"):
+            url = f"http://127.0.0.1:{port}{container[probe]['httpGet']['path']}"
+            code, output = run.exec_run(["/opt/dockgate/bin/python", "-c",
+                                         "import sys, urllib.request; print(urllib.request."
+                                         "urlopen(sys.argv[1], timeout=5).status)", url])
+            assert (code, output.strip()) == (0, b"200"), output
     finally:
         run.remove(force=True)
 

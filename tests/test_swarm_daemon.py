@@ -153,6 +153,18 @@ def test_the_stack_runs_one_hardened_proxy_per_manager_on_an_internal_overlay(
         "overlay", True, True)
 
 
+def test_the_task_is_healthy_through_its_admin_listener(
+        docker_client: docker.DockerClient, stack: Stack) -> None:
+    """The image's check asks /readyz on the task's own loopback; so does this test."""
+    task, = docker_client.containers.list(
+        filters={"label": f"com.docker.swarm.service.name={stack.service}"})
+    assert task.attrs["State"]["Health"]["Status"] == "healthy"
+    code, output = task.exec_run(["/opt/dockgate/bin/python", "-c",
+                                  "import urllib.request; print(urllib.request.urlopen("
+                                  "'http://127.0.0.1:9102/readyz', timeout=5).status)"])
+    assert (code, output.strip()) == (0, b"200"), output
+
+
 def test_the_docker_cli_reads_the_swarm_through_the_unix_listener(stack: Stack) -> None:
     """Services, tasks, networks and nodes are readable: what `docker service ...` shows."""
     services = stack.cli("service", "ls", "--format", "{{.Name}} {{.Mode}}")

@@ -348,10 +348,14 @@ def test_the_shipped_units_serve_their_policy_on_the_activated_socket(
     args = [str(policy_file) if arg == "/etc/dockgate/policy.yaml" else arg for arg in args[2:]]
     environment = dict(item.split("=", 1) for item in service["Environment"])
     # The admin listener's port is the host's; a test must not take it.
-    environment["DOCKGATE_ADMIN_LISTEN"] = f"127.0.0.1:{free_port()}"
+    assert environment["DOCKGATE_ADMIN_LISTEN"] == "127.0.0.1:9102"
+    admin = ("127.0.0.1", free_port())
+    environment["DOCKGATE_ADMIN_LISTEN"] = f"{admin[0]}:{admin[1]}"
     with unix_listener(path) as sock:
         manager.start([(socket_unit["FileDescriptorName"][0], sock)], *args, env=environment)
         assert manager.message()["READY"] == "1"
+        assert request_tcp(admin, b"GET /readyz HTTP/1.0\r\n\r\n").startswith(
+            b"HTTP/1.1 200 ")
         assert request_unix(path, "GET /v1.41/containers/json").startswith(b"HTTP/1.1 200 ")
         denied = request_unix(path, "GET /v1.41/images/json")
         assert b"image.list is not granted by policy 'traefik'" in denied
