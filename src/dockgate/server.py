@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from dockgate import admin, http1, learnlog, logs, metrics, routes, systemd
+from dockgate import admin, http1, learnlog, logs, metrics, routes, systemd, tlsstream
 from dockgate.decision import (
     NO_FACTS,
     Allow,
@@ -76,7 +76,9 @@ from dockgate.errors import (
     BodyTooLarge,
     ConfigError,
     HTTPError,
+    Overloaded,
     ProtocolError,
+    RequestTimeout,
     UpstreamError,
 )
 from dockgate.settings import Settings
@@ -366,12 +368,16 @@ class Proxy:
             def factory(listener: Listener = entry.listener) -> ClientConnection:
                 return ClientConnection(self, listener)
 
+            serving: Callable[[], asyncio.Protocol] = factory
+            if entry.context is not None:
+                # dockgate's own TLS transport: it can half-close (see tlsstream).
+                serving = tlsstream.server_factory(entry.context, factory,
+                                                   self.settings.header_timeout)
             for sock in entry.sockets:
                 if entry.listener.kind == "unix":
-                    server = await loop.create_unix_server(factory, sock=sock, backlog=1024)
+                    server = await loop.create_unix_server(serving, sock=sock, backlog=1024)
                 else:
-                    server = await loop.create_server(factory, sock=sock, ssl=entry.context,
-                                                      backlog=1024)
+                    server = await loop.create_server(serving, sock=sock, backlog=1024)
                 self.servers.append(server)
 
     def reload(self, build: Callable[[], Decider]) -> None:
@@ -427,6 +433,7 @@ class ClientConnection(asyncio.Protocol):
         self.busy_plain = False
         self.stream_opened = False
         self.streaming = False
+        self.relays_eof = False  # a plain request is waiting for its answer: see _forward
         self.bytes_in = 0
         self.bytes_out = 0
         self._paused_for: set[str] = set()
@@ -440,6 +447,7 @@ class ClientConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self.linger = False      # answered a request without reading its body: see _linger
         self.lingering = False   # discarding what the client still sends, before closing
+        self.refused = False     # past --max-connections: answered 503, never served
 
     # asyncio.Protocol --------------------------------------------------------------------
 
@@ -450,6 +458,9 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=1 << 20, low=1 << 18)
         self.client = client_for(self.listener, transport)
         self.client_name = self.client.describe()
+        if len(self.proxy.connections) >= self.proxy.settings.max_connections:
+            self._refuse_overloaded(transport)
+            return
         self.proxy.connections.add(self)
         metrics.ACTIVE_CONNECTIONS.inc()
         self._task = asyncio.get_running_loop().create_task(self._serve())
@@ -467,7 +478,29 @@ class ClientConnection(asyncio.Protocol):
             self._pause("buffer")
         self._wake()
 
+    def _refuse_overloaded(self, transport: asyncio.Transport) -> None:
+        """Past --max-connections: a 503 at once, a gentle close, and no task spent on it.
+
+        The answer goes out before the request arrives (clients read it as the answer to
+        their first request); what the client sends is discarded until it closes, or
+        LINGER_SECONDS at the most, so it reads the 503 instead of a reset.
+        """
+        self.refused = True
+        self.lingering = True
+        error = Overloaded(f"dockgate: more than {self.proxy.settings.max_connections} "
+                           "client connections at once; try again later, or raise "
+                           "DOCKGATE_MAX_CONNECTIONS")
+        transport.write(http1.closing_answer(error.status, error.body()))
+        if transport.can_write_eof():
+            with contextlib.suppress(RuntimeError, OSError):
+                transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+        logs.audit("connection.refused", client=self.client_name, status=error.status,
+                   reason=error.message)
+
     def eof_received(self) -> bool:
+        if self.refused:
+            return False
         if self.raw:
             self._raw_eof("client")
         else:
@@ -479,10 +512,14 @@ class ClientConnection(asyncio.Protocol):
                 # open until the next event fails to be written.
                 self.abort()
                 return False
-        # Keep our write side open for the response (TLS cannot half-close).
-        return self.listener.kind != "tls"
+            if self.relays_eof and self.upstream is not None:
+                self.upstream.write_eof()  # see _forward
+        # Keep our write side open for the response (tls:// too: see tlsstream).
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            return
         self.lost = True
         self.busy_plain = False
         self.proxy.connections.discard(self)
@@ -691,13 +728,21 @@ class ClientConnection(asyncio.Protocol):
     async def _next_body_event(self) -> http1.Data | http1.EndOfMessage:
         while True:
             event = self.reader.next_event()
-            if isinstance(event, http1.Data):
-                self.bytes_in += len(event.data)
-                return event
-            if isinstance(event, http1.EndOfMessage):
+            if isinstance(event, http1.Data | http1.EndOfMessage):
+                if isinstance(event, http1.Data):
+                    self.bytes_in += len(event.data)
+                # The inactivity deadline runs only while waiting for the client: time
+                # the daemon takes to read (drain) is not the client's.
+                self._deadline = None
+                self._timed_out = False
                 return event
             if self.lost or self.eof:
                 raise _ClientGoneError
+            if self._timed_out:
+                raise RequestTimeout(
+                    f"dockgate: no request body bytes for {self.proxy.settings.body_timeout:g} "
+                    "s; the request was dropped (DOCKGATE_BODY_TIMEOUT)")
+            self._set_deadline(self.proxy.settings.body_timeout)
             await self._wait()
 
     async def _handle(self, head: http1.RequestHead) -> bool:
@@ -905,16 +950,25 @@ class ClientConnection(asyncio.Protocol):
                     conn.abort()
                     self.upstream = None
                     if isinstance(error, ProtocolError) and not exchange.started:
-                        record["reason"] = error.message
-                        return self._answer_error(error.status, f"dockgate: {error.message}",
-                                                  head, close=True), error.status
+                        message = (error.message if error.message.startswith("dockgate: ")
+                                   else f"dockgate: {error.message}")
+                        record["reason"] = message
+                        return self._answer_error(error.status, message, head,
+                                                  close=True), error.status
                     self.abort()
                     return False, 400 if isinstance(error, ProtocolError) else 499
             self.streaming = stream == routes.Stream.STREAM
+            # A client that half-closes while it waits for a plain answer: the daemon
+            # gets the same half-close (Go's server then cancels the request; a fast
+            # answer still comes back). A client that left for good thus frees the
+            # daemon connection too, instead of holding it for a stalled daemon.
+            self.relays_eof = stream == routes.Stream.PLAIN
             if self.streaming and self.eof:
                 self.abort()  # see eof_received: the follower already left
+            elif self.relays_eof and self.eof:
+                conn.write_eof()
             outcome = await exchange.done
-            self.streaming = False
+            self.streaming = self.relays_eof = False
             if outcome == "lost" and attempt == 0 and conn.reused and not conn.got_response \
                     and (not head.has_body or body is not None):
                 continue  # the daemon had closed this pooled connection: one fresh try
@@ -934,7 +988,7 @@ class ClientConnection(asyncio.Protocol):
         if outcome == "switch":
             await self._relay_raw(conn, exchange, record)
             return False, exchange.status
-        if exchange.upstream_reusable and body_done:
+        if exchange.upstream_reusable and body_done and not self.eof:
             pool.release(conn)
         else:
             conn.close()
@@ -1120,9 +1174,15 @@ class Exchange:
                 self._fail("dockgate: the daemon switched protocols for a request that "
                            "did not ask for it")
                 return
+            switched_to = response.get(b"upgrade")
+            if not switched_to:
+                # RFC 9110 15.2.2: a 101 names the protocol it switches to. Without it
+                # the bytes that follow are of no known protocol: never relay them.
+                self._fail("dockgate: the daemon answered 101 Switching Protocols "
+                           "without an Upgrade header")
+                return
             headers = response.end_to_end  # this response's own list, free to extend
-            headers += [(b"Connection", b"Upgrade"),
-                        (b"Upgrade", response.get(b"upgrade") or self.upgrade)]
+            headers += [(b"Connection", b"Upgrade"), (b"Upgrade", switched_to)]
             self._switch(response, headers)
             return
         if (self.stream == routes.Stream.HIJACK and status == 200
@@ -1270,18 +1330,20 @@ async def serve(settings: Settings, decider: Decider,
     ``bound``: the sockets a supervisor bound for this worker (None: bind them here).
     """
     proxy = Proxy(settings, decider)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Handlers first: a client may connect (and an operator send SIGHUP) as soon as a
+    # socket listens, and SIGHUP's default action would end the process.
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, proxy.reload, reload)
     admin_servers = await admin.start(settings)
     try:
         await proxy.start(bound)
     except OSError as error:
         log.error("cannot listen: %s", error)
         return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, proxy.reload, reload)
     if bound is None:
         log.info("listening on %s, forwarding to %s, decisions by %s",
                  ", ".join(proxy.bound), settings.upstream_url, decider.name)
