@@ -1,4 +1,4 @@
-"""The dockgate container image: built offline, non-root, healthy through its own ping.
+"""The dockgate container image: built offline for the base image's Python, non-root, healthy.
 
 scripts/build-image builds it (the debootstrap base is cached as an image after the
 first run). Every container here runs with ``--network none``: clients reach the
@@ -20,7 +20,8 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import DOCKER_SOCKET, unique_name
+from conftest import BUILD_LOG, DOCKER_SOCKET, other_python, unique_name
+from dockgate import __version__
 
 # Building the image (conftest.dockgate_image; debootstrap when the base is not cached)
 # needs more than the default.
@@ -60,6 +61,33 @@ def wait_healthy(container: Any, timeout: float = 30.0) -> str:
         if status != "starting" or time.monotonic() > deadline:
             return status
         time.sleep(0.25)
+
+
+def test_the_wheelhouse_fits_the_base_image_s_python_not_the_host_s(
+        docker_client: docker.DockerClient, dockgate_image: str) -> None:
+    """build-image asks the base image for its Python and downloads wheels for it."""
+    inside = docker_client.containers.run(
+        dockgate_image, ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        entrypoint="/opt/dockgate/bin/python", network_mode="none",
+        name=unique_name("relay-imgpy"), remove=True).decode().strip()
+    host = subprocess.run([other_python(), "-V"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert f"build-image: wheels for CPython {inside} (cp{inside.replace('.', '')}" in \
+        BUILD_LOG[0]
+    assert f"host {host}" in BUILD_LOG[0]
+
+
+def test_the_image_carries_oci_labels_and_the_license(
+        docker_client: docker.DockerClient, dockgate_image: str) -> None:
+    """Registries and scanners read these; the license text travels with the image."""
+    labels = docker_client.api.inspect_image(dockgate_image)["Config"]["Labels"]
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    assert labels["org.opencontainers.image.title"] == "dockgate"
+    assert labels["org.opencontainers.image.version"] == __version__
+    text = docker_client.containers.run(dockgate_image, ["/opt/dockgate/LICENSE"], entrypoint="cat",
+                                        network_mode="none", name=unique_name("relay-imglic"),
+                                        remove=True)
+    assert b"Apache License" in text
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from dockgate import admin, http1, learnlog, logs, metrics, routes, systemd, tlsstream
+from dockgate import admin, http1, learnlog, logs, metrics, routes, startup, systemd, tlsstream
 from dockgate.decision import (
     NO_FACTS,
     Allow,
@@ -228,10 +228,15 @@ def bind_listeners(settings: Settings, listeners: list[Listener]) -> list[BoundL
                 if host == "::" and settings.disable_ipv6:
                     host = "0.0.0.0"
                 sockets = _bind_tcp(host, listener.port)
-                names = [f"{listener.kind}://{name[0]}:{name[1]}"
+                names = [f"{listener.kind}://{startup.host_form(name[0])}:{name[1]}"
                          for name in (sock.getsockname() for sock in sockets)]
             bound.append(BoundListener(listener, sockets, context, names))
         inherited.check_all_claimed()
+    except OSError as error:
+        inherited.close()
+        close_listeners(bound)
+        raise startup.ListenError(startup.bind_problem(
+            listener.url, listener.kind, listener.port, listener.path, error)) from None
     except BaseException:
         inherited.close()
         close_listeners(bound)
@@ -350,7 +355,7 @@ class Proxy:
         self.bound: list[str] = []
         self.owns_files = False
         self.quiet: asyncio.Event | None = None
-        self.recorder = learnlog.recorder(settings.learn, settings.learn_max_bytes)
+        self.recorder = learnlog.recorder(settings)
 
     async def start(self, bound: list[BoundListener] | None = None) -> None:
         """Serve on ``bound`` (sockets a supervisor bound before forking), else bind now.
@@ -1332,8 +1337,8 @@ async def serve(settings: Settings, decider: Decider,
     proxy = Proxy(settings, decider)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    # Handlers first: a client may connect (and an operator send SIGHUP) as soon as a
-    # socket listens, and SIGHUP's default action would end the process.
+    # Before listening: a client may signal as soon as it can connect (SIGHUP's
+    # default action would kill the process).
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if reload is not None:
