@@ -9,6 +9,7 @@ prefix, runs with ``--network none`` and is removed at the end of the session.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import shutil
@@ -36,6 +37,8 @@ hypothesis.settings.load_profile("dockgate")
 
 DOCKER_SOCKET = os.environ.get("DOCKGATE_TEST_SOCKET", "/var/run/docker.sock")
 BUSYBOX_IMAGE = "dockgate-test/busybox:latest"
+DOCKGATE_IMAGE = "dockgate-test/dockgate:image-test"
+ROOT = Path(__file__).resolve().parent.parent
 NAME_PREFIX = "dgtest-"
 # Every Tecnativa section on: the proxy forwards every Engine API route, for the
 # parity and load tests that compare it with direct access.
@@ -149,6 +152,42 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
     except docker.errors.ImageNotFound:
         build_busybox_image(docker_client)
     return BUSYBOX_IMAGE
+
+
+def other_python() -> str:
+    """A host Python of another minor version than the base image's 3.11, when there is one.
+
+    The wheelhouse must fit the base image's Python whatever the host runs; without a
+    second interpreter on the machine the build uses the test's own.
+    """
+    names = [shutil.which(f"python3.{minor}") for minor in (13, 12)]
+    names += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[23]*/bin/python")))
+    for name in names:
+        # A pyenv shim exists but may refuse to run: try it.
+        if name and subprocess.run([name, "-m", "pip", "--version"], capture_output=True,
+                                   check=False).returncode == 0:
+            return name
+    return sys.executable
+
+
+BUILD_LOG: list[str] = []
+
+
+
+@pytest.fixture(scope="session")
+def dockgate_image(docker_client: docker.DockerClient) -> str:
+    """The dockgate image, built once per session by scripts/build-image on the test daemon.
+
+    Shared by the image and the Swarm tests; the debootstrap base image is reused when
+    the daemon has it. A test using this needs a timeout of several minutes.
+    """
+    env = {**os.environ, "DOCKGATE_IMAGE": DOCKGATE_IMAGE, "PYTHON": other_python(),
+           "DOCKER_HOST": f"unix://{DOCKER_SOCKET}"}
+    result = subprocess.run([str(ROOT / "scripts" / "build-image")], capture_output=True,
+                            text=True, timeout=600, check=False, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    BUILD_LOG.append(result.stdout)
+    return DOCKGATE_IMAGE
 
 
 @dataclass

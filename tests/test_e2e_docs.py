@@ -62,9 +62,11 @@ def test_quickstart_block_sets_up_a_working_restart_only_relay(
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     try:
         with out.open("w") as stdout, err.open("w") as stderr:
+            # SOCKET_PATH: the doc's dockgate forwards to the test daemon, as the gateway is there.
             result = subprocess.run(["bash", "-euo", "pipefail", "-c", rest], cwd=tmp_path,
                                     stdout=stdout, stderr=stderr, timeout=120,
-                                    env=shell_env(), check=False)
+                                    env={**shell_env(), "SOCKET_PATH": DOCKER_SOCKET},
+                                    check=False)
     finally:
         pid_file = tmp_path / "dockgate.pid"
         if pid_file.exists():

@@ -7,10 +7,8 @@ proxy over a unix socket in a bind-mounted directory, never over TCP.
 
 from __future__ import annotations
 
-import glob
 import http.client
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,15 +20,14 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import DOCKER_SOCKET, discard, unique_name
+from conftest import BUILD_LOG, DOCKER_SOCKET, discard, other_python, unique_name
 from dockgate import __version__
 from test_gateway_daemon import APPROVED, DOCKER_CLI, OWNER, gateway_policy, shell_quote
 
-# Building the image (debootstrap when the base is not cached) needs more than the default.
+# Building the image (conftest.dockgate_image; debootstrap when the base is not cached)
+# needs more than the default.
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(600)]
 
-ROOT = Path(__file__).resolve().parent.parent
-IMAGE = "dockgate-test/dockgate:image-test"
 SOCKET_DIR_IN_CONTAINER = "/run/dockgate"
 
 
@@ -67,42 +64,11 @@ def wait_healthy(container: Any, timeout: float = 30.0) -> str:
         time.sleep(0.25)
 
 
-def other_python() -> str:
-    """A host Python of another minor version than the base image's 3.11, when there is one.
-
-    The wheelhouse must fit the base image's Python whatever the host runs; without a
-    second interpreter on the machine the build uses the test's own.
-    """
-    names = [shutil.which(f"python3.{minor}") for minor in (13, 12)]
-    names += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[23]*/bin/python")))
-    for name in names:
-        # A pyenv shim exists but may refuse to run: try it.
-        if name and subprocess.run([name, "-m", "pip", "--version"], capture_output=True,
-                                   check=False).returncode == 0:
-            return name
-    return sys.executable
-
-
-BUILD_LOG: list[str] = []
-
-
-@pytest.fixture(scope="module")
-def image(docker_client: docker.DockerClient) -> str:
-    """Build the image with the project's own script (the base image is reused if present)."""
-    result = subprocess.run([str(ROOT / "scripts" / "build-image")], capture_output=True,
-                            text=True, timeout=600, check=False,
-                            env={**os.environ, "DOCKGATE_IMAGE": IMAGE, "PYTHON": other_python(),
-                                 "DOCKER_HOST": f"unix://{DOCKER_SOCKET}"})
-    assert result.returncode == 0, result.stdout + result.stderr
-    BUILD_LOG.append(result.stdout)
-    return IMAGE
-
-
 def test_the_wheelhouse_fits_the_base_image_s_python_not_the_host_s(
-        docker_client: docker.DockerClient, image: str) -> None:
+        docker_client: docker.DockerClient, dockgate_image: str) -> None:
     """build-image asks the base image for its Python and downloads wheels for it."""
     inside = docker_client.containers.run(
-        image, ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        dockgate_image, ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
         entrypoint="/opt/dockgate/bin/python", network_mode="none",
         name=unique_name("relay-imgpy"), remove=True).decode().strip()
     host = subprocess.run([other_python(), "-V"], capture_output=True, text=True,
@@ -113,20 +79,20 @@ def test_the_wheelhouse_fits_the_base_image_s_python_not_the_host_s(
 
 
 def test_the_image_carries_oci_labels_and_the_license(
-        docker_client: docker.DockerClient, image: str) -> None:
+        docker_client: docker.DockerClient, dockgate_image: str) -> None:
     """Registries and scanners read these; the license text travels with the image."""
-    labels = docker_client.api.inspect_image(image)["Config"]["Labels"]
+    labels = docker_client.api.inspect_image(dockgate_image)["Config"]["Labels"]
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
     assert labels["org.opencontainers.image.title"] == "dockgate"
     assert labels["org.opencontainers.image.version"] == __version__
-    text = docker_client.containers.run(image, ["/opt/dockgate/LICENSE"], entrypoint="cat",
+    text = docker_client.containers.run(dockgate_image, ["/opt/dockgate/LICENSE"], entrypoint="cat",
                                         network_mode="none", name=unique_name("relay-imglic"),
                                         remove=True)
     assert b"Apache License" in text
 
 
 @pytest.fixture
-def proxy(docker_client: docker.DockerClient, image: str, busybox_image: str,
+def proxy(docker_client: docker.DockerClient, dockgate_image: str, busybox_image: str,
           tmp_path: Path) -> Iterator[tuple[docker.models.containers.Container, Path, str]]:
     """dockgate in the image, restart+inspect of one gateway, listening on a unix socket."""
     gateway = unique_name("relay-imggw")
@@ -136,7 +102,7 @@ def proxy(docker_client: docker.DockerClient, image: str, busybox_image: str,
     socket_dir.mkdir()
     os.chown(socket_dir, 10001, 10001)
     container = docker_client.containers.run(
-        image, name=unique_name("relay-img"), network_mode="none", detach=True,
+        dockgate_image, name=unique_name("relay-img"), network_mode="none", detach=True,
         group_add=[str(os.stat(DOCKER_SOCKET).st_gid)],
         # The hardening deploy/compose.yaml applies, so the test proves it is enough.
         read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
@@ -156,9 +122,9 @@ def proxy(docker_client: docker.DockerClient, image: str, busybox_image: str,
 
 
 def test_image_runs_as_non_root_with_a_readiness_healthcheck(
-        docker_client: docker.DockerClient, image: str) -> None:
+        docker_client: docker.DockerClient, dockgate_image: str) -> None:
     """Non-root; the HEALTHCHECK asks the admin listener, early enough for compose."""
-    config = docker_client.api.inspect_image(image)["Config"]
+    config = docker_client.api.inspect_image(dockgate_image)["Config"]
     assert config["User"] == "10001:10001"
     assert config["Healthcheck"]["Test"] == ["CMD", "/opt/dockgate/bin/python",
                                              "/opt/dockgate/healthcheck.py"]
@@ -168,9 +134,9 @@ def test_image_runs_as_non_root_with_a_readiness_healthcheck(
 
 
 def test_dockgate_help_runs_in_a_networkless_container(
-        docker_client: docker.DockerClient, image: str) -> None:
+        docker_client: docker.DockerClient, dockgate_image: str) -> None:
     """The installed entry point works with no network at all (everything came from wheels)."""
-    output = docker_client.containers.run(image, ["serve", "--help"], network_mode="none",
+    output = docker_client.containers.run(dockgate_image, ["serve", "--help"], network_mode="none",
                                           name=unique_name("relay-help"), remove=True)
     assert b"DOCKGATE_LISTEN" in output
 
@@ -189,10 +155,10 @@ def test_container_serves_the_unix_listener_and_becomes_healthy(
 
 
 def test_default_tcp_listener_is_healthy_without_any_network(
-        docker_client: docker.DockerClient, image: str) -> None:
+        docker_client: docker.DockerClient, dockgate_image: str) -> None:
     """Without DOCKGATE_LISTEN the HEALTHCHECK finds the default port 2375 on loopback."""
     container = docker_client.containers.run(
-        image, name=unique_name("relay-imgtcp"), network_mode="none", detach=True,
+        dockgate_image, name=unique_name("relay-imgtcp"), network_mode="none", detach=True,
         group_add=[str(os.stat(DOCKER_SOCKET).st_gid)],
         volumes={DOCKER_SOCKET: {"bind": "/var/run/docker.sock", "mode": "ro"}},
         healthcheck={"interval": 500_000_000, "start_period": 0})
@@ -235,14 +201,14 @@ def test_relay_restarts_the_gateway_through_the_containerized_proxy(
 
 
 def test_a_per_client_policy_without_default_is_still_healthy(
-        docker_client: docker.DockerClient, image: str, tmp_path: Path) -> None:
+        docker_client: docker.DockerClient, dockgate_image: str, tmp_path: Path) -> None:
     """The probe goes to the admin listener, so no client policy can make it fail forever."""
     policy = tmp_path / "policy.yaml"
     policy.write_text("policies:\n  p: {grants: [{allow: [system.ping]}]}\n"
                       "clients:\n  - uid: 4242\n    policy: p\n")
     policy.chmod(0o644)
     container = docker_client.containers.run(
-        image, name=unique_name("relay-imgpol"), network_mode="none", detach=True,
+        dockgate_image, name=unique_name("relay-imgpol"), network_mode="none", detach=True,
         group_add=[str(os.stat(DOCKER_SOCKET).st_gid)],
         volumes={DOCKER_SOCKET: {"bind": "/var/run/docker.sock", "mode": "ro"},
                  str(policy): {"bind": "/etc/dockgate/policy.yaml", "mode": "ro"}},
@@ -255,7 +221,7 @@ def test_a_per_client_policy_without_default_is_still_healthy(
 
 
 def test_the_compose_wiring_runs_the_gateways_docker_run_through_the_image(
-        docker_client: docker.DockerClient, image: str, busybox_image: str,
+        docker_client: docker.DockerClient, dockgate_image: str, busybox_image: str,
         tmp_path: Path) -> None:
     """deploy/compose.yaml's gateway wiring with the real image and the shipped policy.
 
@@ -277,7 +243,7 @@ def test_the_compose_wiring_runs_the_gateways_docker_run_through_the_image(
     started: list[Any] = []
     try:
         started.append(docker_client.containers.run(
-            image, name=unique_name("relay-imgdg"), network_mode="none", detach=True,
+            dockgate_image, name=unique_name("relay-imgdg"), network_mode="none", detach=True,
             group_add=[str(os.stat(DOCKER_SOCKET).st_gid)],
             read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
             volumes={DOCKER_SOCKET: {"bind": "/var/run/docker.sock", "mode": "ro"},

@@ -9,6 +9,7 @@ Requests go to the real daemon behind it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DOCKER_SOCKET, free_port
+from conftest import DOCKER_SOCKET, ROOT, free_port
 from dockgate import systemd
 from dockgate.errors import ConfigError
 
@@ -65,9 +66,10 @@ class Manager:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, sockets: Sequence[tuple[str, socket.socket]], *args: str,
-              listen_pid: str | None = None) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("DOCKER_", "LISTEN_", "NOTIFY_"))}
+              listen_pid: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = {**{k: v for k, v in os.environ.items()
+                  if not k.startswith(("DOCKER_", "LISTEN_", "NOTIFY_"))}, **(env or {})}
         env.update(LISTEN_FDS=str(len(sockets)), NOTIFY_SOCKET=str(self.notify_path),
                    LISTEN_FDNAMES=":".join(name for name, _ in sockets), LOG_LEVEL="info")
         fds = [str(sock.fileno()) for _, sock in sockets]
@@ -84,8 +86,11 @@ class Manager:
         return self.process
 
     def message(self) -> dict[str, str]:
-        """The next notification, as KEY=VALUE pairs (socket.timeout if none arrives)."""
-        data = self.notify.recv(4096).decode()
+        """The next notification, as KEY=VALUE pairs."""
+        try:
+            data = self.notify.recv(4096).decode()
+        except TimeoutError:
+            raise AssertionError(f"no notification; dockgate said:\n{self.output()}") from None
         return dict(line.split("=", 1) for line in data.splitlines())
 
     def stop(self) -> int:
@@ -108,10 +113,14 @@ def manager(sockdir: Path) -> Iterator[Manager]:
 
 
 def ping_unix(path: Path) -> bytes:
+    return request_unix(path, "GET /_ping")
+
+
+def request_unix(path: Path, line: str) -> bytes:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(str(path))
-        return exchange(sock, b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+        return exchange(sock, f"{line} HTTP/1.0\r\nHost: d\r\n\r\n".encode())
 
 
 def request_tcp(address: tuple[str, int], head: bytes) -> bytes:
@@ -200,11 +209,18 @@ def test_an_fd_listener_without_socket_activation_says_how_to_get_one(
             ".socket unit (deploy/systemd/)") in manager.output()
 
 
-def test_an_inherited_socket_that_does_not_listen_is_refused(
-        manager: Manager, sockdir: Path) -> None:
-    """A datagram socket (ListenDatagram=) cannot carry HTTP: say which directive to use."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+@pytest.mark.parametrize("kind", ["datagram", "abstract"])
+def test_an_inherited_socket_that_is_no_stream_listener_on_a_path_is_refused(
+        manager: Manager, sockdir: Path, kind: str) -> None:
+    """ListenDatagram= cannot carry HTTP; an abstract socket has no file to guard: say so."""
+    if kind == "datagram":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(sockdir / "dgram.sock"))
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(f"\0dockgate-test-{os.getpid()}")
+        sock.listen(1)
+    with sock:
         process = manager.start([("api", sock)], "--listen", "fd://")
         assert process.wait(timeout=20) == 2
     assert ("dockgate: inherited descriptor 3 (api) is not a listening TCP or unix stream "
@@ -256,3 +272,91 @@ def test_a_notify_socket_that_cannot_be_reached_is_logged_not_raised(
         f"cannot notify the service manager at NOTIFY_SOCKET='{missing}': "
         "[Errno 2] No such file or directory",
         "NOTIFY_SOCKET='vsock:2:1234' is not a unix socket path; not notifying"]
+
+
+UNITS = ROOT / "deploy" / "systemd"
+
+
+def unit_entries(path: Path) -> dict[str, list[str]]:
+    """KEY -> values of a unit file (keys may repeat; comments and sections dropped)."""
+    entries: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            entries.setdefault(key, []).append(value)
+    return entries
+
+
+def installed_units(target: Path, **replace: str) -> list[Path]:
+    """Copies of the shipped units with ExecStart's dockgate path pointing at this one."""
+    dockgate = shutil.which("dockgate", path=str(Path(sys.executable).parent)) or "dockgate"
+    units = []
+    for name in ("dockgate.socket", "dockgate.service"):
+        text = (UNITS / name).read_text().replace("/usr/local/bin/dockgate", dockgate)
+        for old, new in replace.items():
+            text = text.replace(old, new)
+        (target / name).write_text(text)
+        units.append(target / name)
+    return units
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
+    """systemd's own parser reads every directive; a misspelt one would be reported."""
+    result = analyze("verify", *map(str, installed_units(tmp_path)))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    typo = analyze("verify", *map(str, installed_units(tmp_path,
+                                                        ProtectHome="ProtectHme")))
+    assert "Unknown key 'ProtectHme' in section [Service]" in typo.stderr
+
+
+def test_the_service_hardening_rates_ok_in_systemd_analyze_security(tmp_path: Path) -> None:
+    """Exposure at most 2.0 of 10 ("OK"): sandboxing is checked, not only written down."""
+    service = str(installed_units(tmp_path)[1])
+    result = analyze("security", "--offline=yes", "--threshold=20", service)
+    assert result.returncode == 0, result.stdout
+    assert "Overall exposure level for dockgate.service: 1.3 OK" in result.stdout
+
+
+def test_the_units_agree_on_the_socket_name_and_readiness() -> None:
+    """ExecStart takes the socket by the name the socket unit gives it, and notifies."""
+    socket_unit = unit_entries(UNITS / "dockgate.socket")
+    service = unit_entries(UNITS / "dockgate.service")
+    name, = socket_unit["FileDescriptorName"]
+    assert f"--listen fd://{name}" in service["ExecStart"][0]
+    assert (service["Type"], service["NotifyAccess"]) == (["notify"], ["main"])
+    assert service["Requires"] == ["dockgate.socket"]
+
+
+@pytest.mark.daemon
+def test_the_shipped_units_serve_their_policy_on_the_activated_socket(
+        manager: Manager, sockdir: Path) -> None:
+    """ExecStart, Environment and the sample policy, run as systemd would run them."""
+    socket_unit = unit_entries(UNITS / "dockgate.socket")
+    service = unit_entries(UNITS / "dockgate.service")
+    path = sockdir / Path(socket_unit["ListenStream"][0]).name
+    policy_file = sockdir / "policy.yaml"
+    # This test's uid plays Traefik's user.
+    policy_file.write_text((UNITS / "policy.yaml").read_text().replace(
+        "uid: 991 ", f"uid: {os.getuid()} "))
+    args = service["ExecStart"][0].split()
+    assert args[:2] == ["/usr/local/bin/dockgate", "serve"]
+    args = [str(policy_file) if arg == "/etc/dockgate/policy.yaml" else arg for arg in args[2:]]
+    environment = dict(item.split("=", 1) for item in service["Environment"])
+    # The admin listener's port is the host's; a test must not take it.
+    assert environment["DOCKGATE_ADMIN_LISTEN"] == "127.0.0.1:9102"
+    admin = ("127.0.0.1", free_port())
+    environment["DOCKGATE_ADMIN_LISTEN"] = f"{admin[0]}:{admin[1]}"
+    with unix_listener(path) as sock:
+        manager.start([(socket_unit["FileDescriptorName"][0], sock)], *args, env=environment)
+        assert manager.message()["READY"] == "1"
+        assert request_tcp(admin, b"GET /readyz HTTP/1.0\r\n\r\n").startswith(
+            b"HTTP/1.1 200 ")
+        assert request_unix(path, "GET /v1.41/containers/json").startswith(b"HTTP/1.1 200 ")
+        denied = request_unix(path, "GET /v1.41/images/json")
+        assert b"image.list is not granted by policy 'traefik'" in denied
+        assert manager.stop() == 0
