@@ -36,7 +36,7 @@ pytestmark = pytest.mark.daemon
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-XSS = "/containers/%3Cscript%3Ealert(1)/json"
+XSS = "/containers/%3Cscript%3Ealert(1)/logs"  # container.logs: not granted
 
 
 def request(proxy: DockgateProcess, method: str, target: str) -> int:
@@ -107,7 +107,7 @@ def test_live_view_streams_filters_explains_and_suggests_in_a_browser(
 
     shown = rows(driver)
     assert [r["decision"] for r in shown] == ["deny", "deny", "allow", "allow"]
-    assert shown[0]["request"] == "GET /containers/<script>alert(1)/json"
+    assert shown[0]["request"] == "GET /containers/<script>alert(1)/logs"
     assert driver.find_elements(By.CSS_SELECTOR, "#decisions script") == []
     assert driver.execute_script("return document.scripts.length") == 1
 

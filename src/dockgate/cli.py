@@ -67,9 +67,12 @@ def serving_decider(config: settings.Settings, env: Mapping[str, str]) -> Decide
 
     A key that matches no listener silently sends its clients to the default (or to
     nothing): refuse it, naming the listeners there are (at start, and on reload).
+    With an ``fd://`` listener the keys are not checked: the sockets systemd passes
+    are named by their own addresses, known only once they are taken.
     """
     decider = build_decider(config, env)
-    if isinstance(decider, policy.PolicyDecider):
+    inherited = any(url.startswith("fd://") for url in config.listeners)
+    if isinstance(decider, policy.PolicyDecider) and not inherited:
         unmatched = decider.unmatched_listeners(config.listeners)
         if unmatched:
             raise ConfigError(f"{decider.label}: listeners: {', '.join(unmatched)} "

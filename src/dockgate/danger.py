@@ -6,12 +6,11 @@ logs at start and after a SIGHUP reload, ``dockgate audit`` and the note
 
 A grant is dangerous when it allows one of ``DANGEROUS``'s operations and
 carries none of the constraints that keep that operation harmless. Constraints
-are recognised by the grant's attributes (``CONSTRAINTS``): ``create_deny`` must
-cover every check of ``ROOT_CREATE_CHECKS`` for ``container.create``; for the
-other operations any constraint attribute the policy model defines for them
-(``exec_rules`` for exec bodies, ``volume_deny`` for volume driver options) that is
-set marks the grant as judged. An attribute the model does not have yet counts as
-absent, so a grant is flagged until the model can constrain it.
+are recognised by the grant itself: ``create_deny`` must cover every check of
+``ROOT_CREATE_CHECKS`` for ``container.create``; for the other operations
+``Grant.constrains`` says whether the grant's body rules refuse what makes the
+operation host root (``exec:`` denying privileged and root-user, ``create:``
+denying volume driver options and drivers).
 
 Exposure: a plain ``tcp://`` listener on an address other than loopback serves
 the API, unauthenticated and unencrypted, to every host that can reach the port.
@@ -25,7 +24,7 @@ from urllib.parse import urlsplit
 
 from dockgate import compat
 from dockgate.decision import Decider
-from dockgate.hazards import CONSTRAINTS, DANGEROUS, ROOT, ROOT_CREATE_CHECKS
+from dockgate.hazards import DANGEROUS, ROOT, ROOT_CREATE_CHECKS
 from dockgate.policy_decider import CREATE_OPERATION, Grant, PolicyDecider
 from dockgate.policy_match import normalize_listener
 
@@ -49,8 +48,7 @@ def grant_dangers(grant: Grant) -> list[tuple[str, str]]:
                 continue
             if grant.create_deny:
                 why += f" (its create: deny: leaves out {', '.join(sorted(missing))})"
-        elif any(getattr(grant, name, None) is not None
-                 for name in CONSTRAINTS.get(operation, ())):
+        elif grant.constrains(operation):
             continue
         found.append((operation, why))
     return found

@@ -37,9 +37,3 @@ DANGEROUS: dict[str, str] = {
     "grpc": f"speaks gRPC to the daemon past its HTTP router: {ROOT}",
 }
 
-# Operation -> the grant attributes that, when set, mean its request bodies are judged.
-CONSTRAINTS: dict[str, tuple[str, ...]] = {
-    "exec.create": ("exec_rules",),
-    "volume.create": ("volume_deny",),
-}
-

@@ -218,8 +218,8 @@ class Grant:
             return self.volume_deny is not None
         return False
 
-    # The attributes hazards.CONSTRAINTS names (danger.py reads them): None while the
-    # body may still ask for what makes the operation host root.
+    # What ``constrains`` reads: None while the body may still ask for what makes the
+    # operation host root.
     @property
     def exec_deny(self) -> frozenset[str] | None:
         """The exec: deny: list when it refuses both Privileged and root (else None)."""
