@@ -15,9 +15,10 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from dockgate import __version__, compat, logs, policy, server, settings
+from dockgate import __version__, compat, logs, policy, settings
 from dockgate.decision import Decider
 from dockgate.errors import ConfigError
+from dockgate.shell import audit, proxy
 
 log = logging.getLogger("dockgate")
 
@@ -55,12 +56,14 @@ def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = settings.load(args, env)
     logs.configure(config.log_level, config.log_format)
+    audit.configure(config.audit, config.audit_file,
+                    verbose=logging.getLevelName(config.log_level) <= logging.INFO)
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
     decider = build_decider(config, env)
     if isinstance(decider, compat.TecnativaDecider):
         log.info("%s", compat.risk_report(env, config.compat, warnings=False).rstrip())
-    return server.run(config, decider, reload=lambda: build_decider(config, env))
+    return proxy.run(config, decider, reload=lambda: build_decider(config, env))
 
 
 def cmd_audit(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -1,0 +1,936 @@
+"""One client connection: the request pipeline, run from protocol callbacks.
+
+Theory of operation. ``ClientConnection`` is an asyncio Protocol whose
+callbacks drive everything on the common path; no task, future or coroutine is
+created for a plain request. Received bytes go into the connection's
+``http1.RequestReader`` (strict framing, one request at a time, which is what
+answers pipelined requests in order), and each complete head walks the
+pipeline of docs/architecture.md right there, in ``data_received``:
+
+    head -> routes.parse_target -> routes.classify -> decider.decide
+         -> Deny: answer, forward nothing
+         -> Allow: head (and body) written to a pooled upstream connection
+         -> the response relayed by a ``relay.Exchange`` from the upstream's
+            callbacks -> ``exchange_done`` -> one audit record -> next request
+
+Waiting that is inherent runs in a task, one per such request: fetching facts
+for a scoped decision (``NeedFacts``), reading a body to inspect it (or the body
+of an upgrade request, see ``_forward``), connecting a new upstream connection
+when the pool has none idle, and relaying a request body that has not arrived
+yet (flow control). Each of them ends by handing back to the same synchronous
+steps.
+
+Flow control is wired transport to transport: when the client's write buffer
+passes its high-water mark, ``pause_writing`` pauses reading from the daemon,
+and request bytes buffered above ``HIGH_WATER`` pause reading from the client.
+So memory stays bounded by the transport buffers whatever the speeds of the
+two ends.
+
+Bad framing is answered 400 (413, 431, 408 where they fit) and the connection
+is closed. Request bytes already buffered are framed before anything is sent
+upstream, so a malformed request in one packet never reaches the daemon; a
+framing error found later in a streamed body aborts the upstream connection so
+the daemon never sees a complete request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Coroutine
+from typing import Any, Final, Protocol, cast
+
+from dockgate import http1, metrics, routes
+from dockgate.decision import (
+    NO_FACTS,
+    Allow,
+    Client,
+    Decider,
+    Decision,
+    Deny,
+    Facts,
+    NeedFacts,
+    Request,
+)
+from dockgate.errors import BodyTooLarge, HTTPError, ProtocolError, UpstreamError
+from dockgate.settings import Settings
+from dockgate.shell import audit
+from dockgate.shell.hijack import Session
+from dockgate.shell.listeners import Listener, client_for
+from dockgate.shell.relay import Exchange, Outcome
+from dockgate.shell.upstream import RawPeer, Upstream, UpstreamConnection
+
+log = logging.getLogger("dockgate.connection")
+
+HIGH_WATER: Final = 1 << 20        # request bytes buffered before the client is paused
+MAX_DECIDE_ROUNDS: Final = 4       # container facts, then body: two rounds suffice today
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER_SECONDS: Final = 2.0  # how long a refused client may go on sending its body
+_RAW_KINDS: Final = (routes.Stream.HIJACK, routes.Stream.UPGRADE, routes.Stream.WEBSOCKET)
+
+_ROUTE_CACHE: dict[tuple[str, str], tuple[routes.Target, routes.Match | None]] = {}
+_ROUTE_CACHE_SIZE: Final = 4096
+_ROUTE_CACHE_TARGET: Final = 256  # longer targets are rare and would let clients fill memory
+
+
+def route(method: str, raw_target: str) -> tuple[routes.Target, routes.Match | None]:
+    """``routes.parse_target`` then ``routes.classify``, memoized.
+
+    Both are pure functions of (method, target) returning frozen values, and
+    clients repeat the same few targets (``/_ping``, ``/containers/json``, one
+    container's ``logs``), so a bounded memo saves their cost on the hot path.
+    Refused targets (BadTarget) are not cached: they raise every time.
+    """
+    key = (method, raw_target)
+    cached = _ROUTE_CACHE.get(key)
+    if cached is None:
+        target = routes.parse_target(raw_target)
+        cached = (target, routes.classify(method, target))
+        if len(raw_target) <= _ROUTE_CACHE_TARGET:
+            if len(_ROUTE_CACHE) >= _ROUTE_CACHE_SIZE:
+                _ROUTE_CACHE.clear()
+            _ROUTE_CACHE[key] = cached
+    return cached
+
+
+def _valid_target(target: str) -> bool:
+    try:
+        http1.check_target(target.encode())
+    except ProtocolError:
+        return False
+    return True
+
+
+class _ClientGoneError(Exception):
+    """The client closed its connection while we still needed its bytes."""
+
+
+class Host(Protocol):
+    """What a connection needs from the proxy that accepted it (``proxy.Proxy``)."""
+
+    settings: Settings
+    decider: Decider
+    upstream: Upstream
+    shutting_down: bool
+
+    connections: set[ClientConnection]
+
+    def check_quiet(self) -> None:
+        """During shutdown: note when no plain request is in flight any more."""
+
+
+class _Flight:
+    """The forwarding state of the request in progress."""
+
+    __slots__ = ("allow", "attempt", "body", "body_done", "conn", "exchange", "head",
+                 "outcome", "raw_head", "stream", "streamed", "streaming_body", "upgrade")
+
+    def __init__(self, head: http1.RequestHead, allow: Allow, stream: routes.Stream, *,
+                 body: bytes | None, upgrade: bytes | None, raw_head: bytes,
+                 streamed: list[http1.Data | http1.EndOfMessage]) -> None:
+        self.head = head
+        self.allow = allow
+        self.stream = stream
+        self.body = body
+        self.upgrade = upgrade
+        self.raw_head = raw_head
+        self.streamed = streamed
+        self.attempt = 0
+        self.body_done = not head.has_body or body is not None
+        self.streaming_body = False
+        self.conn: UpstreamConnection | None = None
+        self.exchange: Exchange | None = None
+        self.outcome: Outcome | None = None
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection; see the module docstring."""
+
+    def __init__(self, proxy: Host, listener: Listener) -> None:
+        self.proxy = proxy
+        self.settings = proxy.settings
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.client = Client(listener.url, "tcp")
+        self.tag = ""                                      # the audit fields of the connection
+        self.reader = http1.RequestReader(proxy.settings.max_header_bytes)
+        self.upstream: UpstreamConnection | None = None   # the daemon side of the exchange
+        self.session: Session | None = None               # set once hijacked
+        self.eof = False
+        self.lost = False
+        self.busy = False          # a request is in the pipeline (head read, not finished)
+        self.busy_plain = False    # ... and it is one that shutdown waits for
+        self.stream_opened_status = 0
+        self.streaming = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.linger = False        # answered a request without reading its body: see _linger
+        self.lingering = False     # discarding what the client still sends, before closing
+        self._record: audit.RequestRecord | None = None
+        self._flight: _Flight | None = None
+        self._paused_for: set[str] = set()
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._advancing = False
+        self._waiting_for = ""     # "", "idle" or "header": what the deadline is about
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=1 << 20, low=1 << 18)
+        self.client = client_for(self.listener, transport)
+        self.tag = audit.connection_prefix(self.listener.url, self.client.describe())
+        self.proxy.connections.add(self)
+        metrics.ACTIVE_CONNECTIONS.inc()
+        self._advance()
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.from_client(data)
+            return
+        if self.lingering:
+            return
+        self.reader.feed(data)
+        if self.busy:
+            if self.reader.buffered > HIGH_WATER:
+                self._pause("buffer")
+            self._wake()
+            return
+        self._advance()
+
+    def eof_received(self) -> bool:
+        if self.session is not None:
+            self.session.client_eof()
+            return True
+        self.eof = True
+        if self.lingering:
+            self._close()
+            return False
+        self._wake()
+        if self.streaming:
+            # A client that stops sending while it follows an endless stream (events,
+            # logs -f) has gone away: without this its daemon connection would stay
+            # open until the next event fails to be written.
+            self.abort()
+            return False
+        if not self.busy:
+            self._advance()
+        # Keep our write side open for the response (TLS cannot half-close).
+        return self.listener.kind != "tls"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.busy_plain = False
+        self.proxy.connections.discard(self)
+        self.proxy.check_quiet()
+        metrics.ACTIVE_CONNECTIONS.dec()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.upstream is not None:
+            # The client is gone: whatever the daemon still sends has no reader.
+            self.upstream.abort()
+        self._wake()
+        if self.session is not None:
+            self.session.client_lost()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # relay.Downstream ------------------------------------------------------------------------
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.proxy.shutting_down
+
+    def send(self, parts: list[bytes | memoryview]) -> None:
+        self.bytes_out += sum(map(len, parts))
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            # writelines, not write(b"".join(...)): uvloop queues it and sends once at
+            # the end of the loop iteration; measured cheaper than an immediate send.
+            transport.writelines(parts)
+
+    def stream_opened(self, status: int) -> None:
+        # A long-lived stream is not an in-flight request that shutdown waits for.
+        self.busy_plain = False
+        self.proxy.check_quiet()
+        self.stream_opened_status = status
+        record = self._record
+        if record is not None and audit.records_allowed():
+            audit.write("stream.open", self.tag, request_id=record.request_id,
+                        method=record.method, target=record.target, status=status)
+
+    def switched(self, head: bytes) -> RawPeer:
+        flight = self._flight
+        assert flight is not None
+        assert flight.conn is not None
+        assert self.transport is not None
+        self.write(head)
+        conn = flight.conn
+        self.session = session = Session(self.transport, conn, self._peer_paused,
+                                         self._session_ended)
+        self.busy_plain = False
+        self.proxy.check_quiet()
+        record = self._record
+        if record is not None and audit.records_allowed():
+            audit.write("session.open", self.tag, request_id=record.request_id,
+                        method=record.method, target=record.target,
+                        operation=record.operation, status=flight.exchange.status
+                        if flight.exchange is not None else 0)
+        rest = self.reader.take_rest()
+        if rest:
+            session.from_client(rest)
+        self._resume("buffer")
+        return session
+
+    def exchange_done(self, outcome: Outcome) -> None:
+        flight = self._flight
+        if flight is None:
+            return
+        flight.outcome = outcome
+        if outcome == "switch":
+            # Either side may have ended between the daemon's switch and now.
+            session = self.session
+            assert session is not None
+            if self.eof and "client" not in session.eofs:
+                session.client_eof()
+            if (flight.conn is not None and flight.conn.closed) or self.lost:
+                session.raw_lost()
+            return
+        if not flight.streaming_body:
+            self._guarded(self._settle)
+
+    # flow control helpers --------------------------------------------------------------------
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused_for and self.transport is not None and not self.lost:
+            self.transport.pause_reading()
+        self._paused_for.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason in self._paused_for:
+            self._paused_for.discard(reason)
+            if not self._paused_for and self.transport is not None and not self.lost:
+                self.transport.resume_reading()
+
+    def _peer_paused(self, paused: bool) -> None:
+        if paused:
+            self._pause("peer")
+        else:
+            self._resume("peer")
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        if self._paused_for:
+            self._resume("buffer")
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def write(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close_if_idle(self) -> None:
+        """Shutdown: a connection waiting for its next request is closed now."""
+        if not self.busy and self.session is None and not self.lingering \
+                and self.reader.awaiting_head and self.reader.buffered == 0 \
+                and self.upstream is None:
+            self._close()
+
+    def close(self) -> None:
+        """Shutdown: flush what is buffered for the client, then close both sides."""
+        if self.transport is not None:
+            self.transport.close()
+        if self.upstream is not None:
+            self.upstream.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def _guarded(self, step: Any, *args: Any) -> None:
+        """Run a pipeline step; a bug ends this connection, never the whole proxy."""
+        try:
+            step(*args)
+        except Exception:
+            log.exception("internal error on a connection from %s", self.client.describe())
+            self.abort()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run the inherent waiting of this request in a task."""
+        self._task = asyncio.get_running_loop().create_task(self._run(work))
+
+    async def _run(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("internal error on a connection from %s", self.client.describe())
+            self.abort()
+        finally:
+            self._task = None
+
+    # reading heads -------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Start every request whose head is complete, until one has to wait."""
+        if self._advancing:
+            return  # a caller up the stack is in the loop below and goes on
+        self._advancing = True
+        try:
+            while not self.busy and not self.lost and self.transport is not None \
+                    and not self.transport.is_closing():
+                try:
+                    event = self.reader.next_event()
+                except ProtocolError as error:
+                    self._refuse_framing(error.status, error.message)
+                    return
+                if isinstance(event, http1.RequestHead):
+                    self._waiting_for = ""
+                    self._deadline = None
+                    self._begin(event)
+                    continue
+                idle = self.reader.buffered == 0
+                if self.eof or (idle and self.proxy.shutting_down):
+                    self._close()
+                    return
+                self._await_head("idle" if idle else "header")
+                return
+        except Exception:
+            log.exception("internal error on a connection from %s", self.client.describe())
+            self.abort()
+        finally:
+            self._advancing = False
+
+    def _await_head(self, kind: str) -> None:
+        if self._waiting_for == kind:
+            return
+        self._waiting_for = kind
+        delay = self.settings.idle_timeout if kind == "idle" else self.settings.header_timeout
+        # One timer per connection, not one per request: moving the deadline is a
+        # float store, and the timer is re-armed only when it fires early or must fire
+        # sooner. A keep-alive client sending thousands of requests a second would
+        # otherwise create and cancel a TimerHandle for each of them.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None and timer.when() <= deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.lost or self.busy:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._timer = loop.call_at(deadline, self._on_timer)
+        elif self._waiting_for == "header":
+            self._refuse_framing(408, "request head not received in time")
+        else:
+            self._close()
+
+    # the pipeline ------------------------------------------------------------------------------
+
+    def _begin(self, head: http1.RequestHead) -> None:
+        """Route and decide one request; forward or answer it, or start its waiting."""
+        self.busy = self.busy_plain = True
+        self.bytes_in = head.size
+        self.bytes_out = 0
+        agent = head.get(b"user-agent")
+        self._record = record = audit.RequestRecord(
+            head.method, head.target, agent.decode("latin-1") if agent is not None else None)
+        try:
+            target, match = route(head.method, head.target)
+        except HTTPError as error:
+            record.reason = error.message
+            self._finish(self._answer_error(error.status, f"dockgate: {error.message}", head,
+                                            close=True), error.status)
+            return
+        request = Request(head.method, target, match)
+        if match is not None:
+            record.operation = match.operation
+            if match.params:
+                record.resource = match.params
+        decider = self.proxy.decider
+        record.policy = decider.name
+        decision = self._decide(decider, request, NO_FACTS)
+        stream = match.route.stream if match is not None else routes.Stream.PLAIN
+        if isinstance(decision, NeedFacts):
+            self._spawn(self._gather(head, request, decider, decision, stream))
+        elif (isinstance(decision, Allow) and stream in _RAW_KINDS and head.has_body):
+            self._spawn(self._upgrade_body(head, request, decider, decision, stream))
+        else:
+            self._decided(head, request, decider, decision, stream, body=None)
+
+    async def _gather(self, head: http1.RequestHead, request: Request, decider: Decider,
+                      decision: Decision, stream: routes.Stream) -> None:
+        """NeedFacts: fetch what the decider asked for and ask again (bounded)."""
+        facts = NO_FACTS
+        body: bytes | None = None
+        try:
+            for _ in range(MAX_DECIDE_ROUNDS):
+                if not isinstance(decision, NeedFacts):
+                    break
+                containers = dict(facts.containers)
+                for ref in decision.containers:
+                    if ref not in containers:
+                        containers[ref] = await self.proxy.upstream.container_facts(ref)
+                if decision.body and body is None:
+                    body = await self._read_whole_body(head)
+                facts = Facts(containers=containers, body=body)
+                decision = self._decide(decider, request, facts)
+            else:
+                decision = Deny(f"dockgate: {head.method} {request.target.api_path} denied "
+                                "— the policy could not decide it", rule="undecidable")
+            if isinstance(decision, Allow) and stream in _RAW_KINDS and head.has_body \
+                    and body is None:
+                body = await self._read_whole_body(head)
+        except (HTTPError, _ClientGoneError) as error:
+            self._failed(head, error, body is None)
+            return
+        self._decided(head, request, decider, decision, stream, body=body)
+
+    async def _upgrade_body(self, head: http1.RequestHead, request: Request,
+                            decider: Decider, decision: Decision,
+                            stream: routes.Stream) -> None:
+        """An allowed upgrade request with a body: read the body before forwarding."""
+        try:
+            body = await self._read_whole_body(head)
+        except (HTTPError, _ClientGoneError) as error:
+            self._failed(head, error, True)
+            return
+        self._decided(head, request, decider, decision, stream, body=body)
+
+    def _failed(self, head: http1.RequestHead, error: HTTPError | _ClientGoneError,
+                body_unread: bool) -> None:
+        if isinstance(error, _ClientGoneError):
+            self._finish(False, 499)
+            return
+        assert self._record is not None
+        self._record.reason = error.message
+        close = error.close_connection or (head.has_body and body_unread)
+        self._finish(self._answer_error(error.status, error.message, head, close),
+                     error.status)
+
+    def _decide(self, decider: Decider, request: Request, facts: Facts) -> Decision:
+        """Ask the decider; a failing decider denies (500), it never lets a request through."""
+        try:
+            return decider.decide(self.client, request, facts)
+        except Exception:
+            log.exception("decider %s failed on %s %s", decider.name, request.method,
+                          request.target.raw)
+            return Deny("dockgate: internal error deciding this request", status=500,
+                        rule="decider-error")
+
+    def _decided(self, head: http1.RequestHead, request: Request, decider: Decider,
+                 decision: Decision, stream: routes.Stream, *, body: bytes | None) -> None:
+        record = self._record
+        assert record is not None
+        assert not isinstance(decision, NeedFacts)
+        record.rule = decision.rule
+        if isinstance(decision, Deny):
+            record.decision = "deny"
+            record.reason = decision.message
+            self._finish(self._answer_error(decision.status, decision.message, head,
+                                            close=head.has_body and body is None),
+                         decision.status)
+            return
+        record.decision = "allow"
+        record.grant = decision.rule
+        if decision.target is not None:
+            record.forwarded = decision.target  # the pinned target (resolved full ID)
+            if not _valid_target(decision.target):
+                # Deciders are ours, but a rewritten target is a header line: never
+                # trust it blind.
+                log.error("decider %s returned an invalid target %r", decider.name,
+                          decision.target)
+                record.decision = "error"
+                self._finish(self._answer_error(500, "dockgate: internal error deciding "
+                                                "this request", head, close=True), 500)
+                return
+        self._forward(head, decision, stream, body)
+
+    def _read_buffered_body(self, parts: list[bytes], limit: int) -> bool:
+        """Move the body bytes already received into ``parts``; True at its end."""
+        size = sum(map(len, parts))
+        while True:
+            event = self.reader.next_event()
+            if isinstance(event, http1.EndOfMessage):
+                return True
+            if not isinstance(event, http1.Data):
+                return False
+            self.bytes_in += len(event.data)
+            size += len(event.data)
+            if size > limit:
+                raise BodyTooLarge(f"dockgate: request body larger than {limit} bytes cannot "
+                                   "be inspected (DOCKGATE_MAX_INSPECT_BYTES)")
+            parts.append(bytes(event.data))
+
+    async def _read_whole_body(self, head: http1.RequestHead) -> bytes:
+        limit = self.settings.max_inspect_bytes
+        if head.content_length is not None and head.content_length > limit:
+            raise BodyTooLarge(f"dockgate: request body larger than {limit} bytes cannot be "
+                               "inspected (DOCKGATE_MAX_INSPECT_BYTES)")
+        if head.expect_continue:
+            self.write(CONTINUE)
+        parts: list[bytes] = []
+        while not self._read_buffered_body(parts, limit):
+            if self.lost or self.eof:
+                raise _ClientGoneError
+            await self._wait()
+        return b"".join(parts)
+
+    def _prefetch_body(self) -> list[http1.Data | http1.EndOfMessage]:
+        """Frame the body bytes already received, so bad framing is refused before forwarding."""
+        events: list[http1.Data | http1.EndOfMessage] = []
+        while True:
+            event = self.reader.next_event()
+            if not isinstance(event, http1.Data | http1.EndOfMessage):
+                return events
+            if isinstance(event, http1.Data):
+                self.bytes_in += len(event.data)
+            events.append(event)
+            if isinstance(event, http1.EndOfMessage):
+                return events
+
+    def _upstream_head(self, head: http1.RequestHead, allow: Allow, body: bytes | None,
+                       upgrade: bytes | None) -> bytes:
+        headers = list(head.end_to_end)
+        if not head.has_host:
+            headers.insert(0, (b"Host", b"docker"))
+        if body is not None:
+            headers.append((b"Content-Length", b"%d" % len(body)))
+        elif head.chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        elif head.content_length is not None:
+            headers.append((b"Content-Length", b"%d" % head.content_length))
+        if upgrade is not None:
+            headers.append((b"Connection", b"Upgrade"))
+            headers.append((b"Upgrade", upgrade))
+        return http1.request_head(head.method, allow.target or head.target, headers)
+
+    def _forward(self, head: http1.RequestHead, allow: Allow, stream: routes.Stream,
+                 body: bytes | None) -> None:
+        """Write the request to a pooled daemon connection (a task connects a new one).
+
+        The body of an upgrade request (attach and exec start send JSON with
+        ``Upgrade: tcp``) was read whole before this, and goes in the same write as
+        the head: dockerd hands whatever follows the head in a later read to the
+        container's stdin.
+        """
+        upgrade = head.upgrade if stream in _RAW_KINDS else None
+        streamed: list[http1.Data | http1.EndOfMessage] = []
+        if body is None and head.has_body:
+            try:
+                streamed = self._prefetch_body()
+            except ProtocolError as error:
+                assert self._record is not None
+                self._record.decision = "error"
+                self._record.reason = error.message
+                self._finish(self._answer_error(error.status, f"dockgate: {error.message}",
+                                                head, close=True), error.status)
+                return
+        self._flight = _Flight(head, allow, stream, body=body, upgrade=upgrade,
+                               raw_head=self._upstream_head(head, allow, body, upgrade),
+                               streamed=streamed)
+        self._connect()
+
+    def _connect(self) -> None:
+        conn = self.proxy.upstream.take_idle()
+        if conn is not None:
+            self._send(conn)
+        else:
+            self._spawn(self._connect_new())
+
+    async def _connect_new(self) -> None:
+        flight = self._flight
+        assert flight is not None
+        try:
+            conn = await self.proxy.upstream.acquire()
+        except UpstreamError as error:
+            assert self._record is not None
+            self._record.reason = error.message
+            self._flight = None
+            self._finish(self._answer_error(502, error.message, flight.head,
+                                            close=not flight.body_done), 502)
+            return
+        if self.lost:
+            self.proxy.upstream.release(conn)
+            self._flight = None
+            self._finish(False, 499)
+            return
+        self._send(conn)
+
+    def _send(self, conn: UpstreamConnection) -> None:
+        flight = self._flight
+        assert flight is not None
+        head = flight.head
+        exchange = Exchange(self, conn, head, response_filter=flight.allow.response_filter,
+                            stream=flight.stream, upgrade=flight.upgrade)
+        flight.conn = conn
+        flight.exchange = exchange
+        flight.outcome = None
+        conn.sink = exchange
+        conn.reader.expect(head.method)
+        self.upstream = conn
+        if self._write_paused:
+            conn.pause_reading()  # the client is still behind on an earlier response
+        if flight.body is not None:
+            conn.write(flight.raw_head + flight.body)  # one write: see _forward
+        else:
+            conn.write(flight.raw_head)
+        if not flight.body_done:
+            if head.expect_continue:
+                self.write(CONTINUE)
+            streamed = flight.streamed
+            if streamed and isinstance(streamed[-1], http1.EndOfMessage):
+                self._write_body(conn, head.chunked, streamed)
+                flight.body_done = True
+            else:
+                flight.streaming_body = True
+                self._spawn(self._stream_body(flight, conn))
+        self.streaming = flight.stream == routes.Stream.STREAM
+        if self.streaming and self.eof:
+            self.abort()  # see eof_received: the follower already left
+
+    @staticmethod
+    def _write_body(conn: UpstreamConnection, chunked: bool,
+                    events: list[http1.Data | http1.EndOfMessage]) -> None:
+        for event in events:
+            if isinstance(event, http1.EndOfMessage):
+                if chunked:
+                    conn.write(http1.LAST_CHUNK)
+            elif chunked:
+                conn.writelines([http1.chunk_header(len(event.data)), event.data, http1.CRLF])
+            else:
+                conn.write(event.data)
+
+    async def _next_body_event(self) -> http1.Data | http1.EndOfMessage:
+        while True:
+            event = self.reader.next_event()
+            if isinstance(event, http1.Data):
+                self.bytes_in += len(event.data)
+                return event
+            if isinstance(event, http1.EndOfMessage):
+                return event
+            if self.lost or self.eof:
+                raise _ClientGoneError
+            await self._wait()
+
+    async def _stream_body(self, flight: _Flight, conn: UpstreamConnection) -> None:
+        """Relay a request body as it arrives (the daemon's pace: ``drain``)."""
+        pending = list(flight.streamed)
+        chunked = flight.head.chunked
+        try:
+            while True:
+                event = pending.pop(0) if pending else await self._next_body_event()
+                if isinstance(event, http1.EndOfMessage):
+                    if chunked:
+                        conn.write(http1.LAST_CHUNK)
+                    break
+                if conn.closed:
+                    continue  # the daemon went away; keep reading so the client gets its answer
+                self._write_body(conn, chunked, [event])
+                await conn.drain()
+        except (ProtocolError, _ClientGoneError) as error:
+            flight.streaming_body = False
+            conn.abort()
+            self.upstream = None
+            self._flight = None
+            exchange = flight.exchange
+            if isinstance(error, ProtocolError) and exchange is not None \
+                    and not exchange.started:
+                assert self._record is not None
+                self._record.reason = error.message
+                self._finish(self._answer_error(error.status, f"dockgate: {error.message}",
+                                                flight.head, close=True), error.status)
+                return
+            self.abort()
+            self._finish(False, 400 if isinstance(error, ProtocolError) else 499)
+            return
+        flight.streaming_body = False
+        flight.body_done = True
+        if flight.outcome is not None:
+            self._settle()
+
+    def _settle(self) -> None:
+        """The exchange ended and the request body is all sent: what now."""
+        flight = self._flight
+        assert flight is not None
+        assert flight.conn is not None
+        assert flight.exchange is not None
+        conn, exchange, outcome = flight.conn, flight.exchange, flight.outcome
+        self.streaming = False
+        head = flight.head
+        if outcome == "lost" and flight.attempt == 0 and conn.reused \
+                and not conn.got_response and not self.lost \
+                and (not head.has_body or flight.body is not None):
+            flight.attempt = 1  # the daemon had closed this pooled connection: one fresh try
+            conn.abort()
+            self._connect()
+            return
+        self.upstream = None
+        self._flight = None
+        if outcome == "lost":
+            conn.abort()
+            message = exchange.error or self.proxy.upstream.unreachable_message(
+                "connection lost")
+            assert self._record is not None
+            self._record.reason = message
+            self._finish(self._answer_error(502, message, head, close=not flight.body_done),
+                         502)
+            return
+        if outcome == "broken":
+            conn.abort()
+            self.abort()
+            self._finish(False, exchange.status)
+            return
+        if exchange.upstream_reusable and flight.body_done:
+            self.proxy.upstream.release(conn)
+        else:
+            conn.close()
+        self._finish(exchange.keep_alive and flight.body_done, exchange.status)
+
+    def _session_ended(self) -> None:
+        session, flight = self.session, self._flight
+        assert session is not None
+        assert flight is not None
+        self.upstream = None
+        self._flight = None
+        self.bytes_in += session.bytes_in
+        self.bytes_out += session.bytes_out
+        record = self._record
+        if record is not None and audit.records_allowed():
+            audit.write("session.close", self.tag, request_id=record.request_id,
+                        target=record.target, bytes_in=self.bytes_in,
+                        bytes_out=self.bytes_out, duration_ms=record.elapsed_ms())
+        status = flight.exchange.status if flight.exchange is not None else 0
+        self._finish(False, status)
+        self._close()
+
+    def _finish(self, keep: bool, status: int) -> None:
+        """One request is over: audit it, then read the next one or close."""
+        self.busy_plain = False
+        self.proxy.check_quiet()
+        record = self._record
+        if record is not None:
+            if self.stream_opened_status:
+                self.stream_opened_status = 0
+                if audit.records_allowed():
+                    audit.write("stream.close", self.tag, request_id=record.request_id,
+                                target=record.target, status=status,
+                                bytes_out=self.bytes_out, duration_ms=record.elapsed_ms())
+            record.status = status
+            record.bytes_in = self.bytes_in
+            record.bytes_out = self.bytes_out
+            record.write(self.tag)
+            metrics.count_request(record.operation or "none", record.decision, status)
+            self._record = None
+        self.busy = False
+        if self.session is not None:
+            return
+        if not keep or self.proxy.shutting_down:
+            if self.linger and not self.lost:
+                self._linger()
+            else:
+                self._close()
+            return
+        self.reader.start_next()
+        self._advance()
+
+    def _linger(self) -> None:
+        """Close gently after answering a request whose body was never read.
+
+        Closing a socket with unread data makes the kernel send RST, and a client
+        still sending its body (a denied ``docker build`` streams its context) then
+        gets "connection reset" instead of the 403 that says why. So: half-close our
+        side after the answer, discard what the client still sends, and close when it
+        closes, or after LINGER_SECONDS at the most.
+        """
+        self.lingering = True
+        for reason in tuple(self._paused_for):
+            self._resume(reason)
+        transport = self.transport
+        if transport is None:
+            return
+        if self.eof:
+            self._close()
+            return
+        if transport.can_write_eof():
+            # uvloop raises RuntimeError from write_eof on a closing transport.
+            with contextlib.suppress(RuntimeError, OSError):
+                transport.write_eof()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._deadline = None
+        self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._close)
+
+    def _refuse_framing(self, status: int, why: str) -> None:
+        """Answer a request that could not be framed, close, and audit it."""
+        message = f"dockgate: {why}"
+        self._answer_error(status, message, None, close=True)
+        record = audit.RequestRecord(None, None, None)
+        record.reason = message
+        record.status = status
+        record.bytes_in = self.reader.buffered
+        record.bytes_out = self.bytes_out
+        record.write(self.tag)
+        metrics.count_request("none", "error", status)
+        self._close()
+
+    def _answer_error(self, status: int, message: str, head: http1.RequestHead | None,
+                      close: bool) -> bool:
+        """Answer ``status`` with a Docker-style JSON body; True to keep the connection."""
+        body = json.dumps({"message": message}).encode() + b"\n"
+        keep = (head is not None and head.keep_alive and not close
+                and not self.proxy.shutting_down)
+        headers = [(b"Content-Type", b"application/json"),
+                   (b"Content-Length", b"%d" % len(body))]
+        if not keep:
+            headers.append((b"Connection", b"close"))
+        elif head is not None and head.version == "1.0":
+            headers.append((b"Connection", b"keep-alive"))
+        data = http1.response_head(status, headers)
+        if head is None or head.method != "HEAD":
+            data += body
+        self.write(data)
+        # A request with a body answered before it was all read: close gently.
+        self.linger = not keep and head is not None and head.has_body
+        return keep
