@@ -100,8 +100,8 @@ def test_audit_file_receives_the_trail_instead_of_stderr(fake: FakeDaemon,
 def test_every_line_of_a_json_run_parses_with_one_type_per_key(fake: FakeDaemon) -> None:
     """One schema for the whole stream: Loki or Elasticsearch map each key to one type."""
     fake.on("GET", "/events", answer_chunks([b'{"a":1}\n']))
-    events = b"GET /events HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n"
-    lines = run(fake, [PING, DENIED, events,
+    follow = b"GET /events HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n"
+    lines = run(fake, [PING, DENIED, follow,
                        b"GET /_ping HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
                        b"GET /nope HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n"],
                 DOCKGATE_LOG_FORMAT="json", LOG_LEVEL="debug")
