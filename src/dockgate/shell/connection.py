@@ -178,6 +178,8 @@ class ClientConnection(asyncio.Protocol):
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        # Looked up once: asyncio.get_running_loop() costs a getpid() system call.
+        self._loop = asyncio.get_running_loop()
 
     # asyncio.Protocol --------------------------------------------------------------------
 
@@ -343,7 +345,7 @@ class ClientConnection(asyncio.Protocol):
     async def _wait(self) -> None:
         if self._paused_for:
             self._resume("buffer")
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
@@ -391,7 +393,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run the inherent waiting of this request in a task."""
-        self._task = asyncio.get_running_loop().create_task(self._run(work))
+        self._task = self._loop.create_task(self._run(work))
 
     async def _run(self, work: Coroutine[Any, Any, None]) -> None:
         try:
@@ -443,7 +445,7 @@ class ClientConnection(asyncio.Protocol):
         # float store, and the timer is re-armed only when it fires early or must fire
         # sooner. A keep-alive client sending thousands of requests a second would
         # otherwise create and cancel a TimerHandle for each of them.
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         deadline = loop.time() + delay
         self._deadline = deadline
         timer = self._timer
@@ -458,7 +460,7 @@ class ClientConnection(asyncio.Protocol):
         deadline = self._deadline
         if deadline is None or self.lost or self.busy:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() < deadline:
             self._timer = loop.call_at(deadline, self._on_timer)
         elif self._waiting_for == "header":
@@ -708,7 +710,7 @@ class ClientConnection(asyncio.Protocol):
         flight.exchange = exchange
         flight.outcome = None
         conn.sink = exchange
-        conn.reader.expect(head.method)
+        conn.reader.expect(head.method, exchange.passthrough)
         self.upstream = conn
         if self._write_paused:
             conn.pause_reading()  # the client is still behind on an earlier response
@@ -900,7 +902,7 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._deadline = None
-        self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._close)
+        self._timer = self._loop.call_later(LINGER_SECONDS, self._close)
 
     def _refuse_framing(self, status: int, why: str) -> None:
         """Answer a request that could not be framed, close, and audit it."""

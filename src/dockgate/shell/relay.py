@@ -71,11 +71,16 @@ class Exchange:
         self.filter = response_filter
         self.stream = stream
         self.upgrade = upgrade
+        # An HTTP/1.1 client gets a chunked body as the daemon chunked it, unless a
+        # filter must read the items (the reader then decodes it).
+        self.passthrough = head.version == "1.1" and response_filter is None
         self.out: list[bytes | memoryview] = []
         self.finished = False
         self.started = False
         self.status = 0
-        self.mode = "none"           # none | length | chunked | close | collect | lines
+        # none | length | chunked (we chunk) | passthrough (the daemon's chunks) | close
+        # | collect | lines | lines-close
+        self.mode = "none"
         self.keep_alive = False
         self.upstream_reusable = False
         self.error: str | None = None
@@ -151,46 +156,65 @@ class Exchange:
             self._switch(response, response.end_to_end)
             return
         client_11 = request.version == "1.1"
-        headers = response.end_to_end
         close_after = self.upgrade is not None  # asked for raw, got HTTP: its next bytes are raw
         if not response.has_body:
             self.mode = "none"
-            if response.content_length is not None and (request.method == "HEAD"
-                                                        or status == 304):
-                headers.append((b"Content-Length", b"%d" % response.content_length))
         elif self.filter is not None and self.filter.mode == "json-list":
             self.mode = "collect"
         elif self.filter is not None:
             self.mode = "lines" if client_11 else "lines-close"
         elif response.content_length is not None:
             self.mode = "length"
-            headers.append((b"Content-Length", b"%d" % response.content_length))
+        elif response.chunked and self.passthrough:
+            self.mode = "passthrough"
         elif client_11:
             self.mode = "chunked"
         else:
             self.mode = "close"
         if self.mode in ("close", "lines-close"):
             close_after = True
-        elif self.mode in ("chunked", "lines"):
-            headers.append((b"Transfer-Encoding", b"chunked"))
         self.keep_alive = (request.keep_alive and not close_after
                            and not self.client.shutting_down)
-        if not self.keep_alive:
-            headers.append((b"Connection", b"close"))
-        elif not client_11:
-            headers.append((b"Connection", b"keep-alive"))
         self.upstream_reusable = response.keep_alive
-        if self.mode == "collect":
-            self._headers = headers
+        forward = response.forward
+        if forward is not None and (self.mode in ("length", "passthrough") or (
+                self.mode == "none" and not response.chunked and (
+                    response.content_length is None or request.method == "HEAD"
+                    or status == 304))):
+            # The daemon's own field lines fit: its framing fields are ours.
+            connection = (b"" if self.keep_alive and client_11 else b"Connection: keep-alive\r\n"
+                          if self.keep_alive else b"Connection: close\r\n")
+            data = b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, response.reason, forward,
+                                                     connection)
+        elif self.mode == "collect":
+            self._headers = self._framing(response)
             return
+        else:
+            data = http1.response_head(status, self._framing(response), response.reason)
         self.started = True
         if self.stream == routes.Stream.STREAM:
             self.client.stream_opened(status)
-        self.out.append(http1.response_head(status, headers, response.reason))
+        self.out.append(data)
+
+    def _framing(self, response: http1.ResponseHead) -> http1.Headers:
+        """The end-to-end fields plus the framing and Connection fields of ours."""
+        headers = response.end_to_end
+        mode = self.mode
+        length = response.content_length
+        if length is not None and (mode == "length" or (mode == "none" and (
+                self.head.method == "HEAD" or response.status == 304))):
+            headers.append((b"Content-Length", b"%d" % length))
+        elif mode in ("chunked", "lines", "passthrough"):
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        if not self.keep_alive:
+            headers.append((b"Connection", b"close"))
+        elif self.head.version != "1.1":
+            headers.append((b"Connection", b"keep-alive"))
+        return headers
 
     def _data(self, data: bytes | memoryview) -> None:
         mode = self.mode
-        if mode in ("length", "close"):
+        if mode in ("length", "passthrough", "close"):
             self.out.append(data)
         elif mode == "chunked":
             if data:
@@ -237,7 +261,7 @@ class Exchange:
                 self._lines(b"\n")
             if self.mode == "lines":
                 self.out.append(http1.LAST_CHUNK)
-        elif self.mode == "chunked":
+        elif self.mode in ("chunked", "passthrough"):
             self.out.append(http1.LAST_CHUNK)
         if not self.finished:
             self._finish("done")
