@@ -70,13 +70,13 @@ CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 LINGER_SECONDS: Final = 2.0  # how long a refused client may go on sending its body
 _RAW_KINDS: Final = (routes.Stream.HIJACK, routes.Stream.UPGRADE, routes.Stream.WEBSOCKET)
 
-_ROUTE_CACHE: dict[tuple[str, str], tuple[routes.Target, routes.Match | None]] = {}
+_ROUTE_CACHE: dict[tuple[str, str], Request] = {}
 _ROUTE_CACHE_SIZE: Final = 4096
 _ROUTE_CACHE_TARGET: Final = 256  # longer targets are rare and would let clients fill memory
 
 
-def route(method: str, raw_target: str) -> tuple[routes.Target, routes.Match | None]:
-    """``routes.parse_target`` then ``routes.classify``, memoized.
+def route(method: str, raw_target: str) -> Request:
+    """``routes.parse_target`` then ``routes.classify``, as the decider's Request, memoized.
 
     Both are pure functions of (method, target) returning frozen values, and
     clients repeat the same few targets (``/_ping``, ``/containers/json``, one
@@ -87,7 +87,7 @@ def route(method: str, raw_target: str) -> tuple[routes.Target, routes.Match | N
     cached = _ROUTE_CACHE.get(key)
     if cached is None:
         target = routes.parse_target(raw_target)
-        cached = (target, routes.classify(method, target))
+        cached = Request(method, target, routes.classify(method, target))
         if len(raw_target) <= _ROUTE_CACHE_TARGET:
             if len(_ROUTE_CACHE) >= _ROUTE_CACHE_SIZE:
                 _ROUTE_CACHE.clear()
@@ -479,13 +479,13 @@ class ClientConnection(asyncio.Protocol):
         self._record = record = audit.RequestRecord(
             head.method, head.target, agent.decode("latin-1") if agent is not None else None)
         try:
-            target, match = route(head.method, head.target)
+            request = route(head.method, head.target)
         except HTTPError as error:
             record.reason = error.message
             self._finish(self._answer_error(error.status, f"dockgate: {error.message}", head,
                                             close=True), error.status)
             return
-        request = Request(head.method, target, match)
+        match = request.match
         if match is not None:
             record.operation = match.operation
             if match.params:
