@@ -1,9 +1,14 @@
-"""The dockgate image's HEALTHCHECK: GET /_ping through the proxy, on its own listener.
+"""The dockgate image's HEALTHCHECK.
 
-The listener is the first entry of DOCKGATE_LISTEN (unix:///PATH or
-tcp://HOST:PORT; a wildcard host is reached through loopback), else
-dockgate's default tcp port 2375. Healthy (exit 0) only when the proxy answers
-200 "OK": the proxy runs, its policy admits system.ping, and the daemon answers.
+With DOCKGATE_ADMIN_LISTEN set (the image sets 127.0.0.1:9102): GET /readyz on
+the admin listener, which no client policy governs; healthy (exit 0) when
+dockgate answers 200, i.e. it runs and the daemon answers /_ping. A wildcard
+host is reached through loopback.
+
+With DOCKGATE_ADMIN_LISTEN set to the empty string: GET /_ping through the
+proxy on the first entry of DOCKGATE_LISTEN (unix:///PATH or tcp://HOST:PORT),
+else dockgate's default tcp port 2375; healthy only when the proxy answers 200
+"OK", so the policy of that listener must admit system.ping.
 """
 
 from __future__ import annotations
@@ -46,22 +51,26 @@ def connections(listen: str) -> list[http.client.HTTPConnection]:
 
 
 def main() -> int:
-    listen = os.environ.get("DOCKGATE_LISTEN") or "tcp://[::]:2375"
+    admin = os.environ.get("DOCKGATE_ADMIN_LISTEN")
+    if admin:
+        listen, target = f"tcp://{admin}", "/readyz"
+    else:
+        listen, target = os.environ.get("DOCKGATE_LISTEN") or "tcp://[::]:2375", "/_ping"
     problems = []
     for connection in connections(listen):
         try:
-            connection.request("GET", "/_ping")
+            connection.request("GET", target)
             response = connection.getresponse()
-            body = response.read(64)
+            body = response.read(256)
         except OSError as error:
             problems.append(f"{connection.host}: {error}")
             continue
         finally:
             connection.close()
-        if response.status == 200 and body == b"OK":
+        if response.status == 200 and (target == "/readyz" or body == b"OK"):
             return 0
-        problems.append(f"{connection.host}: {response.status} {body[:64]!r}")
-    print(f"dockgate unhealthy on {listen}: {'; '.join(problems)}", file=sys.stderr)
+        problems.append(f"{connection.host}: {response.status} {body[:256]!r}")
+    print(f"dockgate unhealthy on {listen}{target}: {'; '.join(problems)}", file=sys.stderr)
     return 1
 
 

@@ -123,7 +123,11 @@ def test_denial_names_the_request_the_operation_and_the_variable_to_set() -> Non
     decision = decide({"POST": "1"}, "POST", "/v1.41/containers/create",
                       operation="container.create")
     assert decision == Deny("dockgate: POST /containers/create denied — CONTAINERS is off "
-                            "(set CONTAINERS=1 to allow container.create)", 403, "CONTAINERS")
+                            "(set CONTAINERS=1 to allow container.create; CONTAINERS=1 also "
+                            "allows container.archive.write, container.create, exec.create for "
+                            "any container or body: root on the host or close to it; "
+                            "narrowest: a policy file (--policy FILE) with a grant allow: "
+                            "[container.create] with create: deny: [all])", 403, "CONTAINERS")
 
 
 def test_post_gate_denial_says_only_get_and_head_are_allowed() -> None:
@@ -133,7 +137,10 @@ def test_post_gate_denial_says_only_get_and_head_are_allowed() -> None:
     assert isinstance(decision, Deny)
     assert decision.message == (
         "dockgate: POST /containers/create denied — POST is off: only GET and HEAD are "
-        "allowed (set POST=1 and CONTAINERS=1 to allow container.create)")
+        "allowed (set POST=1 and CONTAINERS=1 to allow container.create; CONTAINERS=1 with "
+        "POST=1 also allows container.archive.write, container.create, exec.create for any "
+        "container or body: root on the host or close to it; narrowest: a policy file "
+        "(--policy FILE) with a grant allow: [container.create] with create: deny: [all])")
     assert decision.rule == "POST"
 
 
@@ -144,6 +151,10 @@ def test_post_gate_comes_before_the_action_flags() -> None:
     assert isinstance(decision, Deny)
     assert "POST is off" in decision.message
     assert "set POST=1 and ALLOW_RESTARTS=1 or POST=1 and CONTAINERS=1" in decision.message
+    assert "ALLOW_RESTARTS=1 lets every client restart, stop or kill ANY container" in \
+        decision.message
+    assert decision.message.endswith("narrowest: ALLOW_RESTART_CONTAINERS=NAME restarts only "
+                                     "the container NAME)")
     assert decide({"ALLOW_RESTARTS": "1", "POST": "1"}, "POST", "/containers/gw/restart",
                   operation="container.restart") == Allow(rule="ALLOW_RESTARTS")
 
@@ -235,7 +246,9 @@ def test_linuxserver_read_guards_apply_even_with_containers_on() -> None:
                          ("top", "ALLOW_TOP")):
         decision = decide(env, "GET", f"/containers/gw/{suffix}", "linuxserver")
         assert isinstance(decision, Deny)
-        assert decision.message.endswith(f"{flag} is off (set {flag}=1 to allow test.op)")
+        assert decision.message.endswith(f"{flag} is off (set {flag}=1 to allow test.op; "
+                                         "narrowest: a policy file (--policy FILE) with a "
+                                         "grant allow: [test.op])")
         allowed = decide({**env, flag: "1"}, "GET", f"/containers/gw/{suffix}", "linuxserver")
         assert allowed == Allow(rule="CONTAINERS")
     assert decide(env, "GET", "/containers/gw/logs") == Allow(rule="CONTAINERS")

@@ -52,7 +52,11 @@ def test_docker_run_denied_prints_which_variables_to_set(start_dockgate: StartDo
                         unique_name("compat-run"), busybox_image, "true")
     assert result.returncode != 0
     assert ("dockgate: POST /containers/create denied — POST is off: only GET and HEAD are "
-            "allowed (set POST=1 and CONTAINERS=1 to allow container.create)") in result.stderr
+            "allowed (set POST=1 and CONTAINERS=1 to allow container.create; CONTAINERS=1 with "
+            "POST=1 also allows container.archive.write, container.create, exec.create for any "
+            "container or body: root on the host or close to it; narrowest: a policy file "
+            "(--policy FILE) with a grant allow: [container.create] with create: deny: [all])"
+            ) in result.stderr
     assert "<html>" not in result.stderr
 
 
@@ -62,7 +66,19 @@ def test_docker_images_denied_prints_the_missing_section(start_dockgate: StartDo
     result = docker_cli(proxy.docker_host, "images")
     assert result.returncode != 0
     assert ("dockgate: GET /images/json denied — IMAGES is off (set IMAGES=1 to allow "
-            "image.list)") in result.stderr
+            "image.list;") in result.stderr
+
+
+def test_docker_restart_denied_points_to_the_one_container_setting(
+        start_dockgate: StartDockgate) -> None:
+    """The hint says ALLOW_RESTARTS restarts everything and names ALLOW_RESTART_CONTAINERS."""
+    proxy = start_dockgate(env={"POST": "1"})
+    result = docker_cli(proxy.docker_host, "restart", "gw")
+    assert result.returncode != 0
+    assert "ALLOW_RESTARTS=1 lets every client restart, stop or kill ANY container" in \
+        result.stderr
+    assert "narrowest: ALLOW_RESTART_CONTAINERS=NAME restarts only the container NAME" in \
+        result.stderr
 
 
 def test_restart_only_setting_restarts_but_cannot_list(start_dockgate: StartDockgate,

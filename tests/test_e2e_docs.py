@@ -13,7 +13,7 @@ import docker
 import pytest
 import yaml
 
-from conftest import free_port, unique_name
+from conftest import DOCKER_SOCKET, free_port, unique_name
 
 pytestmark = pytest.mark.daemon
 
@@ -34,7 +34,10 @@ def quickstart() -> str:
 
 
 def shell_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    """The test's environment, with the doc's dockgate forwarding to the test daemon."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env["SOCKET_PATH"] = DOCKER_SOCKET
+    return env
 
 
 def test_quickstart_block_sets_up_a_working_restart_only_relay(

@@ -104,13 +104,15 @@ def proxy(docker_client: docker.DockerClient, image: str, busybox_image: str,
     docker_client.containers.get(gateway).remove(force=True)
 
 
-def test_image_runs_as_non_root_with_a_python_ping_healthcheck(
+def test_image_runs_as_non_root_with_a_readiness_healthcheck(
         docker_client: docker.DockerClient, image: str) -> None:
-    """Non-root by default; the HEALTHCHECK pings through the proxy, not the daemon directly."""
+    """Non-root; the HEALTHCHECK asks the admin listener, early enough for compose."""
     config = docker_client.api.inspect_image(image)["Config"]
     assert config["User"] == "10001:10001"
     assert config["Healthcheck"]["Test"] == ["CMD", "/opt/dockgate/bin/python",
                                              "/opt/dockgate/healthcheck.py"]
+    assert config["Healthcheck"]["Interval"] <= 5_000_000_000
+    assert "DOCKGATE_ADMIN_LISTEN=127.0.0.1:9102" in config["Env"]
     assert config["Entrypoint"] == ["dockgate"]
 
 
@@ -155,9 +157,15 @@ def test_healthcheck_fails_when_the_proxy_does_not_answer(
     container, _, _ = proxy
     code, output = container.exec_run(
         ["/opt/dockgate/bin/python", "/opt/dockgate/healthcheck.py"],
-        environment={"DOCKGATE_LISTEN": f"unix://{SOCKET_DIR_IN_CONTAINER}/none.sock"})
+        environment={"DOCKGATE_LISTEN": f"unix://{SOCKET_DIR_IN_CONTAINER}/none.sock",
+                     "DOCKGATE_ADMIN_LISTEN": ""})
     assert code == 1
-    assert b"dockgate unhealthy on unix:///run/dockgate/none.sock" in output
+    assert b"dockgate unhealthy on unix:///run/dockgate/none.sock/_ping" in output
+    code, output = container.exec_run(
+        ["/opt/dockgate/bin/python", "/opt/dockgate/healthcheck.py"],
+        environment={"DOCKGATE_ADMIN_LISTEN": "127.0.0.1:9"})
+    assert code == 1
+    assert b"dockgate unhealthy on tcp://127.0.0.1:9/readyz" in output
 
 
 def test_relay_restarts_the_gateway_through_the_containerized_proxy(
@@ -173,3 +181,23 @@ def test_relay_restarts_the_gateway_through_the_containerized_proxy(
     state = docker_client.api.inspect_container(gateway)["State"]
     assert state["Running"]
     assert state["StartedAt"] != before
+
+
+def test_a_per_client_policy_without_default_is_still_healthy(
+        docker_client: docker.DockerClient, image: str, tmp_path: Path) -> None:
+    """The probe goes to the admin listener, so no client policy can make it fail forever."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("policies:\n  p: {grants: [{allow: [system.ping]}]}\n"
+                      "clients:\n  - uid: 4242\n    policy: p\n")
+    policy.chmod(0o644)
+    container = docker_client.containers.run(
+        image, name=unique_name("relay-imgpol"), network_mode="none", detach=True,
+        group_add=[str(os.stat(DOCKER_SOCKET).st_gid)],
+        volumes={DOCKER_SOCKET: {"bind": "/var/run/docker.sock", "mode": "ro"},
+                 str(policy): {"bind": "/etc/dockgate/policy.yaml", "mode": "ro"}},
+        environment={"DOCKGATE_POLICY": "/etc/dockgate/policy.yaml"},
+        healthcheck={"interval": 500_000_000, "start_period": 0})
+    try:
+        assert wait_healthy(container) == "healthy", container.logs().decode()
+    finally:
+        container.remove(force=True)

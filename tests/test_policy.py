@@ -607,9 +607,11 @@ def test_lint_reports_unused_policies_and_unconstrained_create_with_lines(
     path.write_text("policies:\n  used: {grants: [{allow: [container.create]}]}\n"
                     "  spare: {grants: [{allow: [system.ping]}]}\ndefault: used\n")
     assert policy.lint_file(str(path)) == [
-        f"{path}:2: grants container.create without create: or images: constraints; that is "
-        "root on the host (a bind mount of / or privileged mode)",
         f"{path}:3: policy 'spare' is bound to no client, listener or default; nothing uses it",
+        f"{path}:2: policy 'used' does not allow system.ping: the docker CLI pings first to "
+        "pick the API version, so its allowed calls fail too; add system.ping to a grant",
+        f"{path}:2: DANGER: policy 'used' grant 1 allows container.create: creates containers "
+        "with any body: a bind mount of / or privileged mode is root on the host",
     ]
     path.write_text(textwrap.dedent(RESTART_GW))
     assert policy.lint_file(str(path)) == []

@@ -18,7 +18,17 @@ from typing import Any, Literal
 
 import pytest
 
-from dockgate.decision import Allow, Client, Decision, Deny, DenyAll, Facts, NeedFacts, Request
+from dockgate.decision import (
+    Allow,
+    Client,
+    Decision,
+    Deny,
+    DenyAll,
+    ErrorAnswer,
+    Facts,
+    NeedFacts,
+    Request,
+)
 from fakedaemon import (
     FakeConnection,
     FakeDaemon,
@@ -86,6 +96,7 @@ class KeepLabelled:
     """A response filter keeping items whose labels say team=a."""
 
     mode: Literal["json-list", "json-lines"]
+    list_key: str | None = None
 
     def keep(self, item: Mapping[str, Any]) -> bool:
         labels = item.get("Labels") or item.get("Actor", {}).get("Attributes", {})
@@ -97,11 +108,62 @@ class Filtering:
 
     name = "filtering"
 
-    def __init__(self, mode: Literal["json-list", "json-lines"]) -> None:
+    def __init__(self, mode: Literal["json-list", "json-lines"], list_key: str | None = None,
+                 error_answer: ErrorAnswer | None = None) -> None:
         self.mode = mode
+        self.list_key = list_key
+        self.error_answer = error_answer
 
     def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
-        return Allow(rule="filtered", response_filter=KeepLabelled(self.mode))
+        return Allow(rule="filtered", response_filter=KeepLabelled(self.mode, self.list_key),
+                     error_answer=self.error_answer)
+
+
+class Anonymized:
+    """An error answer that keeps the status and says nothing about the daemon's message."""
+
+    def rewrite(self, status: int, body: bytes) -> bytes:
+        return b'{"message":"rewritten %d from %d bytes"}\n' % (status, len(body))
+
+
+class ExecInLabelled:
+    """Allows exec.start when the exec runs in 'gw'; pinned to the exec's full ID."""
+
+    name = "exec-in-labelled"
+
+    def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
+        assert request.match is not None
+        ref = request.match.params["exec"]
+        if ref not in facts.execs:
+            return NeedFacts(execs=(ref,))
+        found = facts.execs[ref]
+        if found is None:
+            return Deny(f"no exec {ref}", status=404, rule="test")
+        if found.container not in facts.containers:
+            return NeedFacts(containers=(found.container,))
+        container = facts.containers[found.container]
+        if container is None or container.name != "gw":
+            return Deny("not in gw", rule="test")
+        return Allow(rule="exec", target=request.match.with_param("exec", found.id))
+
+
+class LabelVolumeCreate:
+    """Refuses to create a volume that exists; adds a label to the body it forwards."""
+
+    name = "label-volume-create"
+
+    def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
+        if facts.body is None:
+            return NeedFacts(body=True)
+        name = json.loads(facts.body)["Name"]
+        if name not in facts.volumes:
+            return NeedFacts(volumes=(name,))
+        existing = facts.volumes[name]
+        if existing is not None:
+            return Deny(f"{name} exists ({existing.driver}, {dict(existing.labels)})",
+                        status=409, rule="test")
+        return Allow(rule="create", body=json.dumps({"Name": name, "Labels": {"o": "me"}})
+                     .encode(), error_answer=Anonymized())
 
 
 def send(port: int, data: bytes, method: str, target: str) -> Any:
@@ -214,6 +276,105 @@ def test_json_lines_stream_is_filtered_item_by_item(fake: FakeDaemon) -> None:
     with run_proxy(f"unix://{fake.path}", Filtering("json-lines")) as proxy:
         reply = send(proxy.port, b"GET /events HTTP/1.1\r\nHost: d\r\n\r\n", "GET", "/events")
     assert [json.loads(line)["n"] for line in reply.body.splitlines()] == [0, 2]
+
+
+def test_list_inside_an_object_is_filtered_and_the_rest_of_the_object_kept(
+        fake: FakeDaemon) -> None:
+    """GET /volumes answers an object: only its list is filtered, Warnings stay as sent."""
+    fake.on("GET", "/volumes", answer_json({"Volumes": [
+        {"Name": "1", "Labels": {"team": "a"}}, {"Name": "2", "Labels": {"team": "b"}}],
+        "Warnings": ["w"]}))
+    with run_proxy(f"unix://{fake.path}", Filtering("json-list", "Volumes")) as proxy:
+        reply = send(proxy.port, b"GET /volumes HTTP/1.1\r\nHost: d\r\n\r\n", "GET", "/volumes")
+    assert reply.json() == {"Volumes": [{"Name": "1", "Labels": {"team": "a"}}],
+                            "Warnings": ["w"]}
+    assert int(reply.headers["content-length"]) == len(reply.body)
+
+
+def test_daemon_error_on_a_filtered_list_goes_through_the_error_answer(
+        fake: FakeDaemon) -> None:
+    """An error is not a list to filter: the decider's error answer says what the client reads."""
+    fake.on("GET", "/containers/json", answer_json({"message": "invalid filter"}, 400))
+    with run_proxy(f"unix://{fake.path}", Filtering("json-list", None, Anonymized())) as proxy:
+        reply = send(proxy.port, b"GET /containers/json HTTP/1.1\r\nHost: d\r\n\r\n",
+                     "GET", "/containers/json")
+    assert reply.status == 400
+    assert reply.body == b'{"message":"rewritten 400 from 30 bytes"}\n'
+    assert int(reply.headers["content-length"]) == len(reply.body)
+
+
+def test_daemon_error_on_a_filtered_list_without_error_answer_stays_a_502(
+        fake: FakeDaemon) -> None:
+    """Without a decider's word on it, an unexpected answer is never shown unfiltered."""
+    fake.on("GET", "/containers/json", answer_json({"message": "invalid filter"}, 400))
+    with run_proxy(f"unix://{fake.path}", Filtering("json-list")) as proxy:
+        reply = send(proxy.port, b"GET /containers/json HTTP/1.1\r\nHost: d\r\n\r\n",
+                     "GET", "/containers/json")
+    assert reply.status == 502
+
+
+def test_exec_is_resolved_to_its_container_and_pinned_to_its_full_id(fake: FakeDaemon) -> None:
+    """exec.start is judged by the container the exec runs in; the daemon gets the full exec ID."""
+    exec_id = "e" * 64
+    fake.on("GET", "/exec/e1/json", answer_json({"ID": exec_id, "ContainerID": "gw"}))
+    fake.on("POST", f"/exec/{exec_id}/resize?h=1&w=2", answer_json({}))
+    with run_proxy(f"unix://{fake.path}", ExecInLabelled()) as proxy:
+        reply = send(proxy.port, b"POST /exec/e1/resize?h=1&w=2 HTTP/1.1\r\nHost: d\r\n\r\n",
+                     "POST", "/")
+    assert reply.status == 200
+    assert [r.target for r in fake.requests] == [
+        "/exec/e1/json", "/containers/gw/json", f"/exec/{exec_id}/resize?h=1&w=2"]
+
+
+def test_unknown_exec_reaches_the_decider_as_none(fake: FakeDaemon) -> None:
+    """A 404 on the exec inspect is a fact (no such exec), not a failure."""
+    fake.on("GET", "/exec/nope/json", answer_json({"message": "No such exec"}, 404))
+    with run_proxy(f"unix://{fake.path}", ExecInLabelled()) as proxy:
+        reply = send(proxy.port, b"POST /exec/nope/resize HTTP/1.1\r\nHost: d\r\n\r\n",
+                     "POST", "/")
+    assert reply.json() == {"message": "no exec nope"}
+    assert [r.target for r in fake.requests] == ["/exec/nope/json"]
+
+
+def test_volume_facts_are_fetched_for_the_decider(fake: FakeDaemon) -> None:
+    """A volume the daemon knows reaches the decider with its driver and labels."""
+    fake.on("GET", "/volumes/v1", answer_json({"Name": "v1", "Driver": "local",
+                                               "Labels": {"o": "them"}}))
+    body = b'{"Name": "v1"}'
+    with run_proxy(f"unix://{fake.path}", LabelVolumeCreate()) as proxy:
+        reply = send(proxy.port, b"POST /volumes/create HTTP/1.1\r\nHost: d\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body, "POST", "/")
+    assert reply.status == 409
+    assert reply.json() == {"message": "v1 exists (local, {'o': 'them'})"}
+    assert [r.target for r in fake.requests] == ["/volumes/v1"]
+
+
+def test_body_chosen_by_the_decider_is_forwarded_with_its_own_length(fake: FakeDaemon) -> None:
+    """A rewritten body (the owner label added) replaces the client's, framed by its length."""
+    fake.on("GET", "/volumes/v2", answer_json({"message": "no such volume"}, 404))
+    fake.on("POST", "/volumes/create", answer_json({"Name": "v2"}, 201))
+    body = b'{"Name": "v2", "Labels": {}}'
+    with run_proxy(f"unix://{fake.path}", LabelVolumeCreate()) as proxy:
+        reply = send(proxy.port, b"POST /volumes/create HTTP/1.1\r\nHost: d\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body) + body
+                     + b"\r\n0\r\n\r\n", "POST", "/")
+    assert reply.status == 201
+    forwarded = fake.requests[-1]
+    assert json.loads(forwarded.body) == {"Name": "v2", "Labels": {"o": "me"}}
+    assert forwarded.header("Content-Length") == str(len(forwarded.body))
+    assert forwarded.header("Transfer-Encoding") is None
+
+
+def test_daemon_error_is_rewritten_by_the_error_answer(fake: FakeDaemon) -> None:
+    """An error that could name another client's object reaches the client rewritten."""
+    fake.on("GET", "/volumes/v3", answer_json({"message": "no such volume"}, 404))
+    fake.on("POST", "/volumes/create", answer_json({"message": "in use by " + "a" * 64}, 409))
+    body = b'{"Name": "v3"}'
+    with run_proxy(f"unix://{fake.path}", LabelVolumeCreate()) as proxy:
+        reply = send(proxy.port, b"POST /volumes/create HTTP/1.1\r\nHost: d\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body, "POST", "/")
+    assert reply.status == 409
+    assert reply.body == b'{"message":"rewritten 409 from 90 bytes"}\n'
 
 
 def test_decider_that_never_settles_is_denied(fake: FakeDaemon) -> None:

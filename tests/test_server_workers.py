@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,12 +140,32 @@ def test_a_killed_worker_is_replaced(fake: FakeDaemon, sockdir: Path) -> None:
         assert workers.stop() == 0
 
 
-def test_metrics_with_several_workers_is_refused(fake: FakeDaemon) -> None:
-    """Per-worker counters behind one port would be wrong numbers: refuse, naming the fix."""
-    done = subprocess.run(
-        [sys.executable, "-m", "dockgate", "serve", "--workers", "2", "--listen",
-         f"tcp://127.0.0.1:{free_port()}", "--upstream", f"unix://{fake.path}",
-         "--metrics-listen", f"127.0.0.1:{free_port()}"],
-        capture_output=True, text=True, timeout=30, check=False)
-    assert done.returncode == 2
-    assert "--metrics-listen works with one worker only" in done.stderr
+def scrape(port: int) -> dict[str, float]:
+    """The samples of the admin listener's /metrics, by sample name with labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_with_two_workers_add_up_across_workers(fake: FakeDaemon,
+                                                        sockdir: Path) -> None:
+    """A scrape answered by either worker counts the requests of both (multiprocess mode)."""
+    admin_port = free_port()
+    workers = Workers(fake, sockdir, "--admin-listen", f"127.0.0.1:{admin_port}")
+    try:
+        assert serving_pids(workers, "/_ping", 2) == workers.children()
+        pings = sum(1 for r in workers.records()
+                    if r.get("event") == "request" and r["target"] == "/_ping")
+        ping = 'decision="allow",operation="system.ping"'
+        for _ in range(6):  # several scrapes: whichever worker answers, the sum is the same
+            samples = scrape(admin_port)
+            assert samples[f'dockgate_requests_total{{{ping},status="200"}}'] == pings
+            assert samples[f"dockgate_request_duration_seconds_count{{{ping}}}"] == pings
+        assert 'dockgate_build_info{python=' in " ".join(samples)
+    finally:
+        assert workers.stop() == 0

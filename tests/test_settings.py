@@ -106,9 +106,3 @@ def test_help_names_every_environment_variable() -> None:
     for setting in settings.TABLE:
         assert f"env {setting.env}" in text
 
-
-def test_metrics_with_several_workers_is_refused_when_settings_load() -> None:
-    """Checked with the other settings, so serve, audit and check all refuse it alike."""
-    with pytest.raises(ConfigError, match="--metrics-listen works with one worker only"):
-        parse(["--workers", "2", "--metrics-listen", "127.0.0.1:9102"])
-    assert parse(["--metrics-listen", "127.0.0.1:9102"]).workers == 1

@@ -15,8 +15,18 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from dockgate import __version__, compat, logs, policy, settings
-from dockgate.decision import Decider
+from dockgate import (
+    __version__,
+    compat,
+    danger,
+    learnlog,
+    logs,
+    metrics,
+    policy,
+    policy_learn,
+    settings,
+)
+from dockgate.decision import AllowAll, Decider
 from dockgate.errors import ConfigError
 from dockgate.shell import audit, proxy
 
@@ -41,14 +51,39 @@ examples:
 
 
 def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
-    """The decider the settings and environment ask for (ConfigError if invalid)."""
+    """The decider the settings and environment ask for (ConfigError if invalid).
+
+    In learn mode it is wrapped so that every request's container and body are
+    fetched for the recording; the verdicts stay those of the configured decider.
+    """
+    decider, warnings = _decider(config, env)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return policy_learn.LearningDecider(decider) if config.learn else decider
+
+
+def _decider(config: settings.Settings, env: Mapping[str, str]) -> tuple[Decider, list[str]]:
+    if config.learn_allow_all:
+        return AllowAll(), [f"--learn-allow-all: forwarding EVERY request while recording "
+                            f"to {config.learn} (root on the host)"]
     if config.policy:
-        return policy.load_file(config.policy)
+        return policy.load_file(config.policy), []
     from_env = policy.from_env(env)
     if from_env is not None:
-        return from_env
-    decider, warnings = compat.decider_from_env(env, config.compat)
-    for warning in warnings:
+        return from_env, []
+    return compat.decider_from_env(env, config.compat)
+
+
+def _announce(config: settings.Settings, env: Mapping[str, str], decider: Decider) -> Decider:
+    """Log what ``decider`` grants, dangers as WARNING lines (at start and after a reload)."""
+    deciding = decider.inner if isinstance(decider, policy_learn.LearningDecider) else decider
+    if isinstance(deciding, compat.TecnativaDecider):
+        log.info("%s", compat.risk_report(env, config.compat, warnings=False).rstrip())
+    elif isinstance(deciding, policy.PolicyDecider):
+        log.info("%s", danger.policy_report(deciding, ()).rstrip())
+    for warning in danger.decider_dangers(deciding):
+        log.warning("%s", warning)
+    for warning in danger.exposure_warnings(config.listeners, deciding):
         log.warning("%s", warning)
     return decider
 
@@ -60,15 +95,26 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                     verbose=logging.getLevelName(config.log_level) <= logging.INFO)
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
-    decider = build_decider(config, env)
-    if isinstance(decider, compat.TecnativaDecider):
-        log.info("%s", compat.risk_report(env, config.compat, warnings=False).rstrip())
-    return proxy.run(config, decider, reload=lambda: build_decider(config, env))
+    decider = _announce(config, env, build_decider(config, env))
+    if config.learn:
+        # Fail before serving when the recording cannot be written.
+        learnlog.Recorder(config.learn, config.learn_max_bytes).close()
+    try:
+        return proxy.run(config, decider,
+                         reload=lambda: _announce(config, env, build_decider(config, env)))
+    finally:
+        metrics.cleanup()
 
 
 def cmd_audit(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = settings.load(args, env)
-    print(compat.risk_report(env, config.compat), end="")
+    decider, _warnings = _decider(config, env)
+    if isinstance(decider, policy.PolicyDecider):
+        print(danger.policy_report(decider, config.listeners), end="")
+        return 0
+    report = compat.risk_report(env, config.compat)
+    listeners = danger.listener_report(config.listeners, decider)
+    print(report + "\n".join(listeners) + "\n", end="")
     return 0
 
 
@@ -124,10 +170,14 @@ def parser() -> argparse.ArgumentParser:
     settings.add_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
 
-    audit = sub.add_parser("audit", help="print what the Tecnativa variables really grant",
-                           description="Read the same variables as `serve` and print, in "
-                           "plain words, what they allow, flagging grants equivalent to root "
-                           "on the host. Serves nothing.")
+    audit = sub.add_parser("audit", help="print what serve would really grant",
+                           description="Build the decider `serve` would build (policy file "
+                           "or preset, ALLOW_RESTART_CONTAINERS, else the Tecnativa variables) "
+                           "and print, in plain words, what it allows, flagging grants that "
+                           "are root on the host or close to it and listeners other hosts "
+                           "reach in plain HTTP (DANGER lines). Serves nothing.",
+                           epilog=access_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     settings.add_arguments(audit)
     audit.set_defaults(handler=cmd_audit)
 

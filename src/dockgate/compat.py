@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from dockgate import routes
 from dockgate.decision import Allow, Client, Decision, Deny, Facts, Request
 from dockgate.errors import ConfigError
+from dockgate.hazards import DANGEROUS
 
 VARIANTS = ("tecnativa", "linuxserver")
 
@@ -219,13 +220,16 @@ def truth_warnings(env: Mapping[str, str], variant: str) -> list[str]:
 class TecnativaDecider:
     """Decides exactly as Tecnativa's (or linuxserver's) HAProxy rules, with readable denials."""
 
-    def __init__(self, on: Mapping[str, bool], variant: str = "tecnativa") -> None:
+    def __init__(self, on: Mapping[str, bool], variant: str = "tecnativa", *,
+                 hints: bool = True) -> None:
         _check_variant(variant)
+        self.hints = hints  # False: denials without the how-to-allow hint (see _hint)
         self.variant = variant
         self.on = dict(on)
         self._actions = _action_rules(variant)
         self._sections = _section_rules(variant)
         self._guards = _guard_rules() if variant == "linuxserver" else ()
+        self._hints: dict[tuple[str, tuple[tuple[str, ...], ...]], str] = {}
 
     @property
     def name(self) -> str:
@@ -284,15 +288,59 @@ class TecnativaDecider:
     def _deny(self, request: Request, why: str, rule: str,
               fixes: list[tuple[str, ...]]) -> Deny:
         what = request.match.operation if request.match is not None else "it"
-        if fixes:
+        if fixes and (not self.hints or request.match is None):
             options = [" and ".join(f"{name}=1" for name in fix) for fix in fixes]
-            hint = f" (set {_join(options, 'or')} to allow {what})"
+            hint = f" (set {_join(options, 'or')} to allow {what})" if self.hints else ""
+        elif fixes:
+            key = (what, tuple(fixes))
+            if key not in self._hints:
+                self._hints[key] = self._hint(what, fixes)
+            hint = self._hints[key]
         elif rule == "POST":
             hint = "; no Tecnativa variable grants this path"
         else:
             hint = ""
         return Deny(f"dockgate: {request.method} {request.target.api_path} denied — {why}{hint}",
                     status=403, rule=rule)
+
+
+    def _hint(self, operation: str, fixes: list[tuple[str, ...]]) -> str:
+        """How to allow ``operation``: the variables, what else they open, the narrowest way.
+
+        Computed once per operation and set of fixes (denials stay cheap): each fix is
+        tried on a copy of this decider, and what it would newly allow that is root
+        on the host or close to it is named.
+        """
+        options = [" and ".join(f"{name}=1" for name in fix) for fix in fixes]
+        notes = []
+        quiet = TecnativaDecider(self.on, self.variant, hints=False)
+        before = {route.operation for route, _ in granted_routes(quiet)}
+        for fix in fixes:
+            trial = TecnativaDecider({**self.on, **dict.fromkeys(fix, True)}, self.variant,
+                                     hints=False)
+            opened = {route.operation for route, _ in granted_routes(trial)} - before
+            risky = sorted(opened & DANGEROUS.keys())
+            setting = " with ".join(f"{name}=1" for name in reversed(fix))
+            if risky:
+                notes.append(f"{setting} also allows {', '.join(risky)} for any container "
+                             "or body: root on the host or close to it")
+            elif fix[-1] in _ACTION_WORDS:
+                notes.append(f"{fix[-1]}=1 lets every client {_ACTION_WORDS[fix[-1]]}")
+        notes.append(f"narrowest: {_narrowest(operation)}")
+        return f" (set {_join(options, 'or')} to allow {operation}; {'; '.join(notes)})"
+
+
+def _narrowest(operation: str) -> str:
+    """The smallest setting that grants ``operation`` alone."""
+    # policy.RESTART_VARIABLE and INSPECT_VARIABLE (policy imports nothing from here).
+    if operation == "container.restart":
+        return "ALLOW_RESTART_CONTAINERS=NAME restarts only the container NAME"
+    if operation == "container.inspect":
+        return "ALLOW_INSPECT_CONTAINERS=NAME inspects only the container NAME"
+    grant = f"allow: [{operation}]"
+    if operation == "container.create":
+        grant += " with create: deny: [all]"
+    return f"a policy file (--policy FILE) with a grant {grant}"
 
 
 def _join(items: list[str], word: str) -> str:

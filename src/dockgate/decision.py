@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from dockgate.errors import UpstreamError
 from dockgate.routes import Match, Target
 
 
@@ -64,6 +65,47 @@ class ContainerFacts:
 
 
 @dataclass(frozen=True)
+class ExecFacts:
+    """An exec instance as the daemon knows it (``GET /exec/{id}/json``)."""
+
+    id: str
+    container: str  # the full ID of the container it runs in
+
+
+@dataclass(frozen=True)
+class VolumeFacts:
+    """A named volume as the daemon knows it (``GET /volumes/{name}``)."""
+
+    name: str
+    driver: str
+    labels: Mapping[str, str]
+
+
+def _failed(status: int, what: str) -> UpstreamError:
+    return UpstreamError(f"dockgate: the daemon answered {status} when asked about {what}")
+
+
+def exec_facts(ref: str, status: int, data: Any) -> ExecFacts | None:
+    """The daemon's answer to ``GET /exec/REF/json`` as facts; None when it knows no such exec."""
+    if status == 404:
+        return None
+    if status != 200 or not isinstance(data, dict):
+        raise _failed(status, f"exec {ref!r}")
+    return ExecFacts(id=str(data.get("ID", "")), container=str(data.get("ContainerID", "")))
+
+
+def volume_facts(ref: str, status: int, data: Any) -> VolumeFacts | None:
+    """The daemon's answer to ``GET /volumes/REF`` as facts; None when there is no such volume."""
+    if status == 404:
+        return None
+    if status != 200 or not isinstance(data, dict):
+        raise _failed(status, f"volume {ref!r}")
+    labels = data.get("Labels") or {}
+    return VolumeFacts(name=str(data.get("Name", "")), driver=str(data.get("Driver", "")),
+                       labels={str(k): str(v) for k, v in labels.items()})
+
+
+@dataclass(frozen=True)
 class Facts:
     """Facts the shell fetched because a decider asked for them."""
 
@@ -72,6 +114,9 @@ class Facts:
     containers: Mapping[str, ContainerFacts | None] = field(default_factory=dict)
     # The whole request body, when a decider asked for it (bounded by the shell).
     body: bytes | None = None
+    # Keyed by the exec ID / volume name as asked; None: the daemon knows no such one.
+    execs: Mapping[str, ExecFacts | None] = field(default_factory=dict)
+    volumes: Mapping[str, VolumeFacts | None] = field(default_factory=dict)
 
 
 NO_FACTS = Facts()
@@ -79,10 +124,12 @@ NO_FACTS = Facts()
 
 @dataclass(frozen=True)
 class NeedFacts:
-    """Ask the shell to resolve these container references and/or read the body."""
+    """Ask the shell to resolve references (containers, execs, volumes) and/or read the body."""
 
     containers: tuple[str, ...] = ()
     body: bool = False
+    execs: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
 
 
 class ResponseFilter(Protocol):
@@ -91,7 +138,22 @@ class ResponseFilter(Protocol):
     @property
     def mode(self) -> Literal["json-list", "json-lines"]: ...
 
+    # For a json-list: None when the answer is the list itself, else the key of the
+    # list inside the answer's object ("Volumes" for GET /volumes).
+    @property
+    def list_key(self) -> str | None: ...
+
     def keep(self, item: Mapping[str, Any]) -> bool: ...
+
+
+class ErrorAnswer(Protocol):
+    """Rewrites a daemon error (status >= 400) before the client sees it.
+
+    For answers that would name or reveal what the client may not see: the shell
+    holds the whole (bounded) error body and sends ``rewrite``'s bytes instead.
+    """
+
+    def rewrite(self, status: int, body: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -101,6 +163,9 @@ class Allow:
     rule: str
     target: str | None = None  # forward this raw target instead of the client's
     response_filter: ResponseFilter | None = None
+    # Forward this body instead of the client's (only after asking for the body).
+    body: bytes | None = None
+    error_answer: ErrorAnswer | None = None
 
 
 @dataclass(frozen=True)

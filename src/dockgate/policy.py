@@ -25,7 +25,7 @@ import ipaddress
 from collections.abc import Mapping
 from importlib import resources
 
-from dockgate import routes
+from dockgate import danger, routes
 from dockgate.decision import Allow, Client, ContainerFacts, Decider, Facts, NeedFacts, Request
 from dockgate.errors import BadTarget, ConfigError
 from dockgate.policy_decider import CREATE_OPERATION, Grant, Policy, PolicyDecider, operations
@@ -69,12 +69,16 @@ def load_file(path: str) -> PolicyDecider:
 
 
 def lint_file(path: str) -> list[str]:
-    """Problems of a policy file, each ``FILE:LINE: ...``; empty when it is clean."""
+    """Problems of a policy file, each ``FILE:LINE: ...``; empty when it is clean.
+
+    Besides what the compiler warns about: policies without ``system.ping`` and
+    every grant ``danger`` classifies as root on the host or close to it.
+    """
     try:
         decider = load_file(path)
     except ConfigError as error:
         return [str(error)]
-    return list(decider.warnings)
+    return [*decider.warnings, *danger.ping_warnings(decider), *danger.policy_dangers(decider)]
 
 
 # ---------------------------------------------------------------------------
@@ -216,6 +220,10 @@ def explain(decider: Decider, method: str, target: str,
         return "\n".join(lines), False
     if isinstance(decision, Allow):
         lines.append(f"ALLOWED by {decision.rule}")
+        note = danger.allowed_note(decider, request.match.operation, decision.rule) if (
+            request.match is not None) else None
+        if note is not None:
+            lines.append(f"  {note}")
         if decision.response_filter is not None:
             lines.append("  (the response is filtered to the containers the grant covers)")
         return "\n".join(lines), True

@@ -35,6 +35,7 @@ from dockgate.decision import (
     NeedFacts,
     Request,
 )
+from dockgate.hazards import DANGEROUS
 from dockgate.policy_match import ClientRule, ContainerScope, QueryRule, image_matches, primary_name
 
 LIST_OPERATION = "container.list"
@@ -215,6 +216,7 @@ class ContainerFilter:
 
     mode: Literal["json-list", "json-lines"]
     scopes: tuple[ContainerScope, ...]
+    list_key: str | None = None
 
     def keep(self, item: Mapping[str, Any]) -> bool:
         """List items by ``Names``/``Labels``; events by ``Actor``; other events dropped."""
@@ -248,9 +250,10 @@ class PolicyDecider:
     def __init__(self, label: str, ops: Operations, policies: Mapping[str, Policy], *,
                  clients: tuple[ClientRule, ...], listeners: Mapping[str, str],
                  default: str | None, warnings: tuple[str, ...] = (),
-                 grant_hint: str = "add it to a grant's allow: list") -> None:
+                 grant_hint: str | None = None) -> None:
         self.label = label
-        self.grant_hint = grant_hint  # how to grant a missing operation, in the denial
+        # How to grant a missing operation, in the denial; None: the narrowest grant.
+        self.grant_hint = grant_hint
         self.ops = ops
         self.policies = dict(policies)
         self.clients = clients
@@ -283,7 +286,8 @@ class PolicyDecider:
         index = policy.index.get(operation)
         if index is None:
             return _denied(request, f"{operation} is not granted by policy {policy.name!r}",
-                           self.grant_hint, rule=f"policy {policy.name!r}")
+                           self.grant_hint or self._narrowest(match),
+                           rule=f"policy {policy.name!r}")
         params = match.target.query_params()
         if operation in (LIST_OPERATION, EVENTS_OPERATION):
             return self._filtered(request, policy, index, operation, params)
@@ -300,6 +304,21 @@ class PolicyDecider:
                            "configuration and start it without a body",
                            rule=f"policy {policy.name!r}")
         return decision
+
+    def _narrowest(self, match: routes.Match) -> str:
+        """The smallest grant that would allow this request, and its risk when it has one."""
+        operation = match.operation
+        grant = f"allow: [{operation}]"
+        param = self.ops.container_ref.get(operation)
+        if param is not None and param in match.params:
+            grant += f", containers: {{names: [{match.params[param]}]}}"
+        if operation == CREATE_OPERATION:
+            return f"narrowest: a grant {{{grant}, create: {{deny: [all]}}}}; without " \
+                   f"create: it {DANGEROUS[operation]}"
+        hint = f"narrowest: a grant {{{grant}}}"
+        if operation in DANGEROUS:
+            hint += f"; it {DANGEROUS[operation]}"
+        return hint
 
     def _filtered(self, request: Request, policy: Policy, index: OperationIndex,
                   operation: str, params: Mapping[str, list[str]]) -> Decision:

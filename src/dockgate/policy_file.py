@@ -158,10 +158,6 @@ class _Compiler:
                                         "container.create, which this grant does not allow; "
                                         "add it to allow: or remove create:")
         operations_ = frozenset({op for op, _ in explicit} | from_globs)
-        if CREATE_OPERATION in operations_ and create_deny is None and images is None:
-            self.warnings.append(f"{where}: grants container.create without create: or "
-                                 "images: constraints; that is root on the host (a bind mount "
-                                 "of / or privileged mode)")
         return Grant(policy, number, where, operations_, containers, images, query,
                      create_deny)
 

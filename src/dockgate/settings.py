@@ -109,11 +109,21 @@ TRUE_WORDS = ("1", "true", "yes")
 FALSE_WORDS = ("", "0", "false", "no")
 
 
+def _strict_bool(value: str) -> bool:
+    # For dockgate's own switches: a typo must not silently mean "off" (or "on").
+    lowered = value.strip().lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise ValueError("must be 1/true/yes or 0/false/no")
+
+
 def _listen_list(value: str) -> tuple[str, ...]:
     items = tuple(part.strip() for part in value.split(",") if part.strip())
     for item in items:
-        if not item.startswith(("tcp://", "unix://", "tls://")):
-            raise ValueError(f"{item!r} must start with tcp://, tls:// or unix://")
+        if not item.startswith(("tcp://", "unix://", "tls://", "fd://")):
+            raise ValueError(f"{item!r} must start with tcp://, tls://, unix:// or fd://")
     return items
 
 
@@ -131,7 +141,8 @@ class Setting:
 TABLE: tuple[Setting, ...] = (
     Setting("listen", "DOCKGATE_LISTEN", "--listen", _listen_list, None,
             "where to accept clients, comma-separated or repeated: tcp://HOST:PORT, "
-            "tls://HOST:PORT (needs --tls-cert/--tls-key), unix:///PATH "
+            "tls://HOST:PORT (needs --tls-cert/--tls-key), unix:///PATH, fd:// or "
+            "fd://NAME (sockets from systemd socket activation) "
             "[default: tcp://[::]:2375, or tcp://0.0.0.0:2375 with DISABLE_IPV6]", "URL"),
     Setting("disable_ipv6", "DISABLE_IPV6", "--disable-ipv6", _yes_no, False,
             "listen on IPv4 only by default (1/true/yes)", "BOOL"),
@@ -190,7 +201,22 @@ TABLE: tuple[Setting, ...] = (
             "processes sharing the listeners (one per CPU core serves the most small "
             "requests)", "N"),
     Setting("metrics_listen", "DOCKGATE_METRICS_LISTEN", "--metrics-listen", _text, None,
-            "HOST:PORT for Prometheus metrics (off when unset)", "HOST:PORT"),
+            "HOST:PORT serving only /metrics (Prometheus; off when unset); --admin-listen "
+            "serves /metrics too", "HOST:PORT"),
+    Setting("admin_listen", "DOCKGATE_ADMIN_LISTEN", "--admin-listen", _text, None,
+            "HOST:PORT of the admin listener, outside every policy: /healthz (alive), "
+            "/readyz (the daemon answers /_ping), /metrics (off when unset)", "HOST:PORT"),
+    Setting("learn", "DOCKGATE_LEARN", "--learn", _text, None,
+            "learn mode: append what each request used (client, operation, container, "
+            "body features; no secrets) as JSON lines to FILE, for `dockgate policy "
+            "suggest FILE`; decisions are unchanged", "FILE"),
+    Setting("learn_allow_all", "DOCKGATE_LEARN_ALLOW_ALL", "--learn-allow-all", _strict_bool,
+            False, "with --learn and no --policy: forward EVERY request while recording "
+            "(root on the host; only for a trusted client on a test machine)", "BOOL"),
+    Setting("learn_max_bytes", "DOCKGATE_LEARN_MAX_BYTES", "--learn-max-bytes",
+            _positive_int, 64 * 1024 * 1024,
+            "size at which the --learn file stops growing (recording stops, serving goes "
+            "on)", "BYTES"),
 )
 
 
@@ -220,6 +246,10 @@ class Settings:
     tls_ca: str | None
     workers: int
     metrics_listen: str | None
+    admin_listen: str | None
+    learn: str | None
+    learn_allow_all: bool
+    learn_max_bytes: int
 
     @property
     def listeners(self) -> tuple[str, ...]:
@@ -274,13 +304,12 @@ def load(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
     ):
         raise ConfigError("a tls:// listener needs --tls-cert and --tls-key "
                           "(DOCKGATE_TLS_CERT, DOCKGATE_TLS_KEY)")
-    if settings.metrics_listen and settings.workers > 1:
-        # Each worker would count its own share behind one port only one of them can
-        # bind; aggregating needs prometheus_client's multiprocess mode (a file per
-        # process and metric, rewritten on every request), which is not worth its
-        # cost on the hot path here.
-        raise ConfigError("--metrics-listen works with one worker only "
-                          "(set DOCKGATE_WORKERS=1 to collect metrics)")
+    if settings.learn_allow_all and not settings.learn:
+        raise ConfigError("--learn-allow-all (DOCKGATE_LEARN_ALLOW_ALL) forwards every "
+                          "request and exists only for recording: add --learn FILE")
+    if settings.learn_allow_all and settings.policy:
+        raise ConfigError("--learn-allow-all and --policy both decide requests: record "
+                          "under the policy (observe mode) or permissively, not both")
     return settings
 
 

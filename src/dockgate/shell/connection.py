@@ -39,10 +39,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any, Final, Protocol, cast
 
-from dockgate import http1, metrics, routes
+from dockgate import http1, learnlog, metrics, routes
 from dockgate.decision import (
     NO_FACTS,
     Allow,
@@ -114,6 +115,7 @@ class Host(Protocol):
     decider: Decider
     upstream: Upstream
     shutting_down: bool
+    recorder: learnlog.Recorder | None
 
     connections: set[ClientConnection]
 
@@ -273,6 +275,7 @@ class ClientConnection(asyncio.Protocol):
         self.busy_plain = False
         self.proxy.check_quiet()
         self.stream_opened_status = status
+        metrics.stream_opened("stream")
         record = self._record
         if record is not None and audit.records_allowed():
             audit.write("stream.open", self.tag, request_id=record.request_id,
@@ -289,6 +292,7 @@ class ClientConnection(asyncio.Protocol):
                                          self._session_ended)
         self.busy_plain = False
         self.proxy.check_quiet()
+        metrics.stream_opened("session")
         record = self._record
         if record is not None and audit.records_allowed():
             audit.write("session.open", self.tag, request_id=record.request_id,
@@ -499,7 +503,7 @@ class ClientConnection(asyncio.Protocol):
         elif (isinstance(decision, Allow) and stream in _RAW_KINDS and head.has_body):
             self._spawn(self._upgrade_body(head, request, decider, decision, stream))
         else:
-            self._decided(head, request, decider, decision, stream, body=None)
+            self._decided(head, request, decider, decision, stream, body=None, facts=NO_FACTS)
 
     async def _gather(self, head: http1.RequestHead, request: Request, decider: Decider,
                       decision: Decision, stream: routes.Stream) -> None:
@@ -510,13 +514,22 @@ class ClientConnection(asyncio.Protocol):
             for _ in range(MAX_DECIDE_ROUNDS):
                 if not isinstance(decision, NeedFacts):
                     break
+                upstream = self.proxy.upstream
                 containers = dict(facts.containers)
                 for ref in decision.containers:
                     if ref not in containers:
-                        containers[ref] = await self.proxy.upstream.container_facts(ref)
+                        containers[ref] = await upstream.container_facts(ref)
+                execs = dict(facts.execs)
+                for ref in decision.execs:
+                    if ref not in execs:
+                        execs[ref] = await upstream.exec_facts(ref)
+                volumes = dict(facts.volumes)
+                for ref in decision.volumes:
+                    if ref not in volumes:
+                        volumes[ref] = await upstream.volume_facts(ref)
                 if decision.body and body is None:
                     body = await self._read_whole_body(head)
-                facts = Facts(containers=containers, body=body)
+                facts = Facts(containers=containers, body=body, execs=execs, volumes=volumes)
                 decision = self._decide(decider, request, facts)
             else:
                 decision = Deny(f"dockgate: {head.method} {request.target.api_path} denied "
@@ -527,7 +540,7 @@ class ClientConnection(asyncio.Protocol):
         except (HTTPError, _ClientGoneError) as error:
             self._failed(head, error, body is None)
             return
-        self._decided(head, request, decider, decision, stream, body=body)
+        self._decided(head, request, decider, decision, stream, body=body, facts=facts)
 
     async def _upgrade_body(self, head: http1.RequestHead, request: Request,
                             decider: Decider, decision: Decision,
@@ -538,7 +551,7 @@ class ClientConnection(asyncio.Protocol):
         except (HTTPError, _ClientGoneError) as error:
             self._failed(head, error, True)
             return
-        self._decided(head, request, decider, decision, stream, body=body)
+        self._decided(head, request, decider, decision, stream, body=body, facts=NO_FACTS)
 
     def _failed(self, head: http1.RequestHead, error: HTTPError | _ClientGoneError,
                 body_unread: bool) -> None:
@@ -562,11 +575,14 @@ class ClientConnection(asyncio.Protocol):
                         rule="decider-error")
 
     def _decided(self, head: http1.RequestHead, request: Request, decider: Decider,
-                 decision: Decision, stream: routes.Stream, *, body: bytes | None) -> None:
+                 decision: Decision, stream: routes.Stream, *, body: bytes | None,
+                 facts: Facts) -> None:
         record = self._record
         assert record is not None
         assert not isinstance(decision, NeedFacts)
         record.rule = decision.rule
+        if self.proxy.recorder is not None:  # learn mode: the same facts, for the recording
+            self.proxy.recorder.observe(self.client, request, facts, decision)
         if isinstance(decision, Deny):
             record.decision = "deny"
             record.reason = decision.message
@@ -587,6 +603,14 @@ class ClientConnection(asyncio.Protocol):
                 self._finish(self._answer_error(500, "dockgate: internal error deciding "
                                                 "this request", head, close=True), 500)
                 return
+        if decision.body is not None:
+            if head.has_body and body is None:
+                log.error("decider %s replaced a body it never read", decider.name)
+                record.decision = "error"
+                self._finish(self._answer_error(500, "dockgate: internal error deciding "
+                                                "this request", head, close=True), 500)
+                return
+            body = decision.body  # e.g. a volume create with the owner label added
         self._forward(head, decision, stream, body)
 
     def _read_buffered_body(self, parts: list[bytes], limit: int) -> bool:
@@ -687,6 +711,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             conn = await self.proxy.upstream.acquire()
         except UpstreamError as error:
+            metrics.count_upstream_error("connect")
             assert self._record is not None
             self._record.reason = error.message
             self._flight = None
@@ -705,7 +730,8 @@ class ClientConnection(asyncio.Protocol):
         assert flight is not None
         head = flight.head
         exchange = Exchange(self, conn, head, response_filter=flight.allow.response_filter,
-                            stream=flight.stream, upgrade=flight.upgrade)
+                            stream=flight.stream, upgrade=flight.upgrade,
+                            error_answer=flight.allow.error_answer)
         flight.conn = conn
         flight.exchange = exchange
         flight.outcome = None
@@ -811,6 +837,7 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = None
         self._flight = None
         if outcome == "lost":
+            metrics.count_upstream_error("lost")
             conn.abort()
             message = exchange.error or self.proxy.upstream.unreachable_message(
                 "connection lost")
@@ -820,6 +847,7 @@ class ClientConnection(asyncio.Protocol):
                          502)
             return
         if outcome == "broken":
+            metrics.count_upstream_error("broken")
             conn.abort()
             self.abort()
             self._finish(False, exchange.status)
@@ -838,6 +866,7 @@ class ClientConnection(asyncio.Protocol):
         self._flight = None
         self.bytes_in += session.bytes_in
         self.bytes_out += session.bytes_out
+        metrics.stream_closed("session")
         record = self._record
         if record is not None and audit.records_allowed():
             audit.write("session.close", self.tag, request_id=record.request_id,
@@ -855,6 +884,7 @@ class ClientConnection(asyncio.Protocol):
         if record is not None:
             if self.stream_opened_status:
                 self.stream_opened_status = 0
+                metrics.stream_closed("stream")
                 if audit.records_allowed():
                     audit.write("stream.close", self.tag, request_id=record.request_id,
                                 target=record.target, status=status,
@@ -863,7 +893,8 @@ class ClientConnection(asyncio.Protocol):
             record.bytes_in = self.bytes_in
             record.bytes_out = self.bytes_out
             record.write(self.tag)
-            metrics.count_request(record.operation or "none", record.decision, status)
+            metrics.count_request(record.operation or "none", record.decision, status,
+                                  time.monotonic() - record.started)
             self._record = None
         self.busy = False
         if self.session is not None:

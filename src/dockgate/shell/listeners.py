@@ -21,6 +21,7 @@ import struct
 from typing import Any
 from urllib.parse import urlsplit
 
+from dockgate import systemd
 from dockgate.decision import Client
 from dockgate.errors import ConfigError
 from dockgate.settings import Settings
@@ -34,6 +35,9 @@ class Listener:
         parts = urlsplit(url)
         self.kind = parts.scheme
         self.path = parts.path if self.kind == "unix" else ""
+        if self.kind == "fd":  # sockets inherited from systemd; see systemd.py
+            self.host, self.port = "", 0
+            return
         if self.kind == "unix":
             self.host = ""
             self.port = 0
@@ -97,8 +101,13 @@ def bind_listeners(settings: Settings, listeners: list[Listener]) -> list[BoundL
     serve the same sockets (see ``Supervisor``).
     """
     bound: list[BoundListener] = []
+    inherited = systemd.Inherited.from_env(os.environ, os.getpid())
     try:
         for listener in listeners:
+            if listener.kind == "fd":
+                bound.extend(BoundListener(Listener(url), [sock], None, [url])
+                             for url, sock in inherited.claim(listener.url))
+                continue
             context = _tls_context(settings) if listener.kind == "tls" else None
             if listener.kind == "unix":
                 sockets = [_bind_unix(settings, listener.path)]
@@ -111,7 +120,9 @@ def bind_listeners(settings: Settings, listeners: list[Listener]) -> list[BoundL
                 names = [f"{listener.kind}://{name[0]}:{name[1]}"
                          for name in (sock.getsockname() for sock in sockets)]
             bound.append(BoundListener(listener, sockets, context, names))
+        inherited.check_all_claimed()
     except BaseException:
+        inherited.close()
         close_listeners(bound)
         raise
     return bound

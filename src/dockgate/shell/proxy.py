@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import uvloop
 
-from dockgate import metrics
+from dockgate import admin, learnlog, metrics, systemd
 from dockgate.decision import Decider
 from dockgate.errors import ConfigError
 from dockgate.settings import Settings
@@ -55,6 +55,7 @@ class Proxy:
         self.bound: list[str] = []
         self.owns_files = False
         self.quiet: asyncio.Event | None = None
+        self.recorder = learnlog.recorder(settings.learn, settings.learn_max_bytes)
 
     async def start(self, bound: list[BoundListener] | None = None) -> None:
         """Serve on ``bound`` (sockets a supervisor bound before forking), else bind now.
@@ -86,7 +87,9 @@ class Proxy:
             decider = build()
         except ConfigError as error:
             log.error("reload failed, keeping the current policy: %s", error)
+            metrics.count_reload("failed")
             return
+        metrics.count_reload("ok")
         self.decider = decider
         log.info("reloaded: decisions now by %s", decider.name)
 
@@ -122,13 +125,12 @@ async def serve(settings: Settings, decider: Decider,
     ``bound``: the sockets a supervisor bound for this worker (None: bind them here).
     """
     proxy = Proxy(settings, decider)
+    admin_servers = await admin.start(settings)
     try:
         await proxy.start(bound)
     except OSError as error:
         log.error("cannot listen: %s", error)
         return 1
-    if settings.metrics_listen:
-        metrics.serve(settings.metrics_listen)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -138,6 +140,7 @@ async def serve(settings: Settings, decider: Decider,
     if bound is None:
         log.info("listening on %s, forwarding to %s, decisions by %s",
                  ", ".join(proxy.bound), settings.upstream_url, decider.name)
+        systemd.notify(f"READY=1\nSTATUS=listening on {', '.join(proxy.bound)}")
     else:
         # The supervisor forked us with its signals blocked: what arrived while we
         # started (a SIGHUP right after the fork) is delivered to the handlers now,
@@ -147,6 +150,10 @@ async def serve(settings: Settings, decider: Decider,
         log.info("worker serving (pid %d)", os.getpid())
     await stop.wait()
     log.info("shutting down")
+    if bound is None:
+        systemd.notify("STOPPING=1")
+    for server in admin_servers:
+        server.close()
     await proxy.shutdown()
     return 0
 
@@ -178,6 +185,7 @@ def run(settings: Settings, decider: Decider,
         audit.flush()
         return result
     listeners = [Listener(url) for url in settings.listeners]
+    admin.bind(settings)  # before forking: every worker serves the admin sockets too
     try:
         bound = bind_listeners(settings, listeners)
     except OSError as error:
@@ -186,6 +194,7 @@ def run(settings: Settings, decider: Decider,
     log.info("listening on %s, forwarding to %s, decisions by %s, %d workers",
              ", ".join(name for entry in bound for name in entry.names),
              settings.upstream_url, decider.name, settings.workers)
+    systemd.notify("READY=1")  # connections queue on the bound sockets until a worker accepts
     try:
         return Supervisor(settings.workers, lambda: _worker(settings, decider, reload, bound),
                           reloads=reload is not None).run()

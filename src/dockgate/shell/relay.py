@@ -25,7 +25,7 @@ import json
 from typing import Final, Literal, Protocol
 
 from dockgate import http1, routes
-from dockgate.decision import ResponseFilter
+from dockgate.decision import ErrorAnswer, ResponseFilter
 from dockgate.errors import UpstreamError
 from dockgate.shell.upstream import RawPeer, UpstreamConnection
 
@@ -64,16 +64,19 @@ class Exchange:
 
     def __init__(self, client: Downstream, conn: UpstreamConnection,
                  head: http1.RequestHead, *, response_filter: ResponseFilter | None,
-                 stream: routes.Stream, upgrade: bytes | None) -> None:
+                 stream: routes.Stream, upgrade: bytes | None,
+                 error_answer: ErrorAnswer | None = None) -> None:
         self.client = client
         self.conn = conn
         self.head = head
         self.filter = response_filter
+        self.error_answer = error_answer
         self.stream = stream
         self.upgrade = upgrade
         # An HTTP/1.1 client gets a chunked body as the daemon chunked it, unless a
-        # filter must read the items (the reader then decodes it).
-        self.passthrough = head.version == "1.1" and response_filter is None
+        # filter or an error rewrite must read it (the reader then decodes it).
+        self.passthrough = (head.version == "1.1" and response_filter is None
+                            and error_answer is None)
         self.out: list[bytes | memoryview] = []
         self.finished = False
         self.started = False
@@ -159,6 +162,8 @@ class Exchange:
         close_after = self.upgrade is not None  # asked for raw, got HTTP: its next bytes are raw
         if not response.has_body:
             self.mode = "none"
+        elif status >= 400 and self.error_answer is not None:
+            self.mode = "collect"  # rewritten whole at the end (_send_collected)
         elif self.filter is not None and self.filter.mode == "json-list":
             self.mode = "collect"
         elif self.filter is not None:
@@ -253,7 +258,10 @@ class Exchange:
                     self.out.append(piece)
 
     def _end(self) -> None:
-        if self.mode == "collect":
+        if self.mode == "collect" and self.status >= 400 and self.error_answer is not None:
+            self._send_collected(self.error_answer.rewrite(self.status,
+                                                           b"".join(self._collected)))
+        elif self.mode == "collect":
             if not self._send_filtered_list():
                 return
         elif self.mode in ("lines", "lines-close"):
@@ -268,16 +276,27 @@ class Exchange:
 
     def _send_filtered_list(self) -> bool:
         assert self.filter is not None
+        key = self.filter.list_key
         try:
-            items = json.loads(b"".join(self._collected)) if self._collected else []
+            document = json.loads(b"".join(self._collected)) if self._collected else []
         except ValueError:
-            items = None
+            document = None
+        items = document
+        if key is not None:
+            # GET /volumes answers {"Volumes": [...] or null, "Warnings": ...}.
+            items = (document.get(key) or []) if isinstance(document, dict) else None
         if not isinstance(items, list):
             self._fail("dockgate: the daemon's answer is not the JSON list the policy filters")
             return False
         kept = [item for item in items if isinstance(item, dict) and self.filter.keep(item)]
-        body = json.dumps(kept).encode() + b"\n"
+        if key is not None:
+            assert isinstance(document, dict)
+            self._send_collected(json.dumps({**document, key: kept}).encode() + b"\n")
+        else:
+            self._send_collected(json.dumps(kept).encode() + b"\n")
+        return True
+
+    def _send_collected(self, body: bytes) -> None:
         headers = [*self._headers, (b"Content-Length", b"%d" % len(body))]
         self.started = True
         self.out += (http1.response_head(self.status, headers), body)
-        return True

@@ -26,7 +26,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import quote, urlsplit
 
 from dockgate import http1
-from dockgate.decision import ContainerFacts
+from dockgate.decision import ContainerFacts, ExecFacts, VolumeFacts, exec_facts, volume_facts
 from dockgate.errors import ConfigError, UpstreamError
 
 log = logging.getLogger("dockgate.upstream")
@@ -352,6 +352,16 @@ class Upstream:
                               name=str(data.get("Name", "")).lstrip("/"),
                               labels={str(k): str(v) for k, v in labels.items()},
                               image=str(config.get("Image", "")))
+
+    async def exec_facts(self, ref: str) -> ExecFacts | None:
+        """Which container an exec instance runs in; None when the daemon knows no such exec."""
+        status, data = await self.get_json(f"/exec/{quote(ref, safe='')}/json")
+        return exec_facts(ref, status, data)
+
+    async def volume_facts(self, ref: str) -> VolumeFacts | None:
+        """A named volume's driver and labels; None when there is no such volume."""
+        status, data = await self.get_json(f"/volumes/{quote(ref, safe='')}")
+        return volume_facts(ref, status, data)
 
 
 class _Collector:

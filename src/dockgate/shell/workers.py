@@ -2,7 +2,8 @@
 
 It knows nothing of HTTP or of the rest of the shell: it forks ``count``
 workers that each run ``work()`` (the proxy's serve loop on sockets bound
-before the fork) and keeps them running.
+before the fork) and keeps them running. Besides ``work`` it only tells systemd
+and the metrics when workers stop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import signal
 import time
 from collections.abc import Callable
 from typing import Final
+
+from dockgate import metrics, systemd
 
 log = logging.getLogger("dockgate.workers")
 
@@ -86,6 +89,7 @@ class Supervisor:
     def _on_signal(self, signo: int) -> None:
         if signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
             log.info("shutting down %d workers", len(self.workers))
+            systemd.notify("STOPPING=1")
             self.stopping = True
             self.waiting.clear()
             self._send(signal.SIGTERM)
@@ -108,6 +112,7 @@ class Supervisor:
             slot = self.workers.pop(pid, None)
             if slot is None:
                 continue
+            metrics.worker_exited(pid)
             if self.stopping:
                 continue
             log.error("worker %d (pid %d) ended unexpectedly (%s); replacing it", slot, pid,
