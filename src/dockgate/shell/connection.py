@@ -416,8 +416,8 @@ class ClientConnection(asyncio.Protocol):
             return  # a caller up the stack is in the loop below and goes on
         self._advancing = True
         try:
-            while not self.busy and not self.lost and self.transport is not None \
-                    and not self.transport.is_closing():
+            while not self.busy and not self.lost and not self.lingering \
+                    and self.transport is not None and not self.transport.is_closing():
                 try:
                     event = self.reader.next_event()
                 except ProtocolError as error:
@@ -432,6 +432,7 @@ class ClientConnection(asyncio.Protocol):
                 if self.eof or (idle and self.proxy.shutting_down):
                     self._close()
                     return
+                self._resume("buffer")  # paused while pipelined bytes piled up
                 self._await_head("idle" if idle else "header")
                 return
         except Exception:
