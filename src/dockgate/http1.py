@@ -309,6 +309,8 @@ class RequestReader:
         self._state = "head"          # head | length | chunked | done
         self._remaining = 0
         self._chunked: _ChunkedDecoder | None = None
+        self._last_raw = b""
+        self._last_head: RequestHead | None = None
 
     @property
     def buffered(self) -> int:
@@ -393,9 +395,15 @@ class RequestReader:
         # Every LF belongs to a CRLF exactly when there are as many CRLFs as LFs.
         if raw.count(b"\n") != raw.count(b"\r\n"):
             raise ProtocolError("malformed request: bare LF line ending")
-        if b"\r\n " in raw or b"\r\n\t" in raw:
-            raise ProtocolError("malformed request: obsolete line folding in a header")
-        head = self._parse_head(raw)
+        if raw == self._last_raw and self._last_head is not None:
+            # A keep-alive client repeating itself (a poller, a health check): the
+            # head is a pure function of its bytes, parsed once.
+            head = self._last_head
+        else:
+            if b"\r\n " in raw or b"\r\n\t" in raw:
+                raise ProtocolError("malformed request: obsolete line folding in a header")
+            head = self._parse_head(raw)
+            self._last_raw, self._last_head = raw, head
         self._pos = end + 4
         if head.chunked:
             self._state = "chunked"
@@ -512,9 +520,10 @@ class _UpstreamFramingError(UpstreamError):
 # ends with whitespace, no bare CR or LF: what the fast head path accepts. Anything
 # else takes the field-by-field path, which names the problem.
 _FIELD_LINES: Final = re.compile(rb"(?:[^:\s](?:[^:\r\n]*[^:\s])?:[^\r\n]*\r\n)*")
-# Hop-by-hop fields the fast head path leaves to the field-by-field path (searched
-# in the lowercased field block with a line break prepended).
-_OTHER_HOP: Final = (b"\nkeep-alive:", b"\nproxy-", b"\nte:", b"\ntrailer:", b"\nupgrade:")
+# The hop-by-hop field names at the start of a line of the lowercased field block
+# (with a line break prepended), for the fast head path.
+_HOP_NAMES: Final = re.compile(rb"\n(connection|content-length|keep-alive|proxy-[^:]*|te|"
+                               rb"trailer|transfer-encoding|upgrade):")
 
 
 class ResponseReader:
@@ -536,6 +545,11 @@ class ResponseReader:
         self._method = "GET"
         self._passthrough = False
         self._chunked: _ChunkedDecoder | None = None
+        self._last_raw = b""
+        self._last_method = ""
+        self._last_head = ResponseHead(0, b"", "", b"", content_length=None, chunked=False,
+                                       keep_alive=False, has_body=False, content_type=b"",
+                                       forward=None)
 
     @property
     def idle(self) -> bool:
@@ -650,6 +664,19 @@ class ResponseReader:
             self._state = "close"
 
     def _parse_head(self, raw: bytes) -> ResponseHead:
+        if raw == self._last_raw and self._method == self._last_method:
+            head = self._last_head
+            # The same bytes frame the same way (a daemon's heads differ by their Date
+            # at most once a second); a fresh object, since callers extend its lists.
+            return ResponseHead(head.status, head.reason, head.version, head.fields,
+                                content_length=head.content_length, chunked=head.chunked,
+                                keep_alive=head.keep_alive, has_body=head.has_body,
+                                content_type=head.content_type, forward=head.forward)
+        head = self._parse_new_head(raw)
+        self._last_raw, self._last_method, self._last_head = raw, self._method, head
+        return head
+
+    def _parse_new_head(self, raw: bytes) -> ResponseHead:
         line_end = raw.find(b"\r\n")
         status_line = raw[:line_end].split(b" ", 2)
         if len(status_line) < 2 or status_line[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
@@ -693,55 +720,44 @@ def _transfer_chunked(value: bytes) -> bool:
     return True
 
 
-def _field(lower: bytes, name: bytes) -> tuple[int, int]:
-    """(start, end) of the one field ``name`` in ``lower`` (a line break prepended to
-    the lowercased field block): the field's line is ``fields[start:end]``, CRLF
-    included. (-1, -1) when absent, (-1, 0) when present more than once."""
-    at = lower.find(name)
-    if at < 0:
-        return -1, -1
-    if lower.find(name, at + 1) >= 0:
-        return -1, 0
-    return at, lower.index(b"\r", at) + 1
-
-
 def _fast_fields(fields: bytes) -> _Facts | None:
-    """The framing facts of well-formed field lines by substring search, without a
-    loop over every line; None when the field-by-field path must decide (another
-    hop-by-hop field, a repeated framing field, a Connection naming fields)."""
+    """The framing facts of well-formed field lines, found with one search of the
+    lowercased block for the hop-by-hop names instead of a loop over every line;
+    None when the field-by-field path must decide (another hop-by-hop field, a
+    repeated framing field, a Connection naming fields, both framings)."""
     lower = b"\n" + fields.lower()
-    for name in _OTHER_HOP:
-        if name in lower:
-            return None
     content_length: int | None = None
-    start, end = _field(lower, b"\ncontent-length:")
-    if end == 0:
-        return None
-    if start >= 0:
-        content_length = _content_length(lower[start + 16:end - 1].strip(), None)
     chunked = False
-    start, end = _field(lower, b"\ntransfer-encoding:")
-    if end == 0:
-        return None
-    if start >= 0:
-        value = lower[start + 19:end - 1].strip()
-        chunked = _transfer_chunked(value)
-        if value != b"chunked" or content_length is not None:
-            return None
     connection: AbstractSet[bytes] = frozenset()
     forward = fields
-    start, end = _field(lower, b"\nconnection:")
-    if end == 0:
-        return None
-    if start >= 0:
-        connection = _tokens(lower[start + 12:end - 1])
-        if connection - {b"close", b"keep-alive"}:
+    seen: set[bytes] = set()
+    for match in _HOP_NAMES.finditer(lower):
+        name = match.group(1)
+        if name in seen:
             return None
-        forward = fields[:start] + fields[end:]
+        seen.add(name)
+        start = match.start()
+        end = lower.index(b"\r", start)
+        value = lower[match.end():end].strip()
+        if name == b"content-length":
+            content_length = _content_length(value, None)
+        elif name == b"transfer-encoding":
+            chunked = _transfer_chunked(value)
+            if value != b"chunked":
+                return None
+        elif name == b"connection":
+            connection = _tokens(value)
+            if connection - {b"close", b"keep-alive"}:
+                return None
+            forward = fields[:start] + fields[end + 1:]
+        else:
+            return None
+    if chunked and content_length is not None:
+        return None
     content_type = b""
-    start, end = _field(lower, b"\ncontent-type:")
-    if start >= 0:
-        content_type = lower[start + 14:end - 1].split(b";")[0].strip()
+    at = lower.find(b"\ncontent-type:")
+    if at >= 0:
+        content_type = lower[at + 14:lower.index(b"\r", at)].split(b";")[0].strip()
     return content_length, chunked, connection, content_type, forward
 
 

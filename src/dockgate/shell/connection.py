@@ -180,6 +180,11 @@ class ClientConnection(asyncio.Protocol):
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        # The last upstream head built, by (request head, target, upgrade): the reader
+        # hands back the same RequestHead for a repeated head, so a poller's requests
+        # are serialized once.
+        self._last_forward: tuple[http1.RequestHead | None, str | None, bytes | None,
+                                  bytes] = (None, None, None, b"")
         # Looked up once: asyncio.get_running_loop() costs a getpid() system call.
         self._loop = asyncio.get_running_loop()
 
@@ -694,9 +699,14 @@ class ClientConnection(asyncio.Protocol):
                 self._finish(self._answer_error(error.status, f"dockgate: {error.message}",
                                                 head, close=True), error.status)
                 return
+        last_head, last_target, last_upgrade, raw_head = self._last_forward
+        if body is not None or head is not last_head or allow.target != last_target \
+                or upgrade != last_upgrade:
+            raw_head = self._upstream_head(head, allow, body, upgrade)
+            if body is None:
+                self._last_forward = (head, allow.target, upgrade, raw_head)
         self._flight = _Flight(head, allow, stream, body=body, upgrade=upgrade,
-                               raw_head=self._upstream_head(head, allow, body, upgrade),
-                               streamed=streamed)
+                               raw_head=raw_head, streamed=streamed)
         self._connect()
 
     def _connect(self) -> None:
