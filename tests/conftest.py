@@ -193,7 +193,9 @@ def start_dockgate(tmp_path: Path) -> Iterator[StartDockgate]:
               wait: bool = True) -> DockgateProcess:
         port = port or free_port()
         log_path = tmp_path / f"dockgate-{port}.log"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        # DOCKGATE_TEST_SOCKET is the tests' setting, not dockgate's (which would warn).
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("DOCKER_") and k != "DOCKGATE_TEST_SOCKET"}
         full_env.update(env or {})
         command = [sys.executable, "-m", "dockgate", "serve",
                    "--listen", f"tcp://127.0.0.1:{port}",

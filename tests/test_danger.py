@@ -159,3 +159,31 @@ def test_serve_warns_at_start_about_a_plain_tcp_listener_on_a_network_address() 
             "authentication, to every host that can reach this port: it grants "
             "container.archive.write, container.create, exec.create (root on the host or close "
             "to it, for anyone who can connect)") in served.stderr
+
+
+@pytest.mark.parametrize(("typo", "meant"), [
+    ("CONTAINER", "CONTAINERS"), ("ALLOW_RESTART_CONTAINER", "ALLOW_RESTART_CONTAINERS"),
+    ("DOCKGATE_POLCY", "DOCKGATE_POLICY"), ("containers", "CONTAINERS"),
+])
+def test_a_misspelt_variable_gets_a_did_you_mean_warning(typo: str, meant: str) -> None:
+    """A typo used to fall back to the Tecnativa defaults without a word."""
+    report = run_dockgate("audit", env={typo: "1"}).stdout
+    assert (f"WARNING: {typo} is not a variable dockgate reads (did you mean {meant}?); it is "
+            "ignored") in report.splitlines()
+
+
+def test_ordinary_variables_and_correct_names_stay_quiet() -> None:
+    """HOME, PATH, HOSTNAME and the real names give no warning."""
+    report = run_dockgate("audit", env={"HOSTNAME": "x", "CONTAINERS": "1", "TZ": "UTC"}).stdout
+    assert "WARNING" not in report
+
+
+def test_tecnativa_variables_beside_a_policy_are_named_as_ignored(tmp_path: Path) -> None:
+    """CONTAINERS=1 next to ALLOW_RESTART_CONTAINERS or --policy grants nothing: say so."""
+    report = run_dockgate("audit", env={"ALLOW_RESTART_CONTAINERS": "gw", "CONTAINERS": "1",
+                                        "POST": "1"}).stdout
+    assert ("WARNING: POST, CONTAINERS are set but ignored: ALLOW_RESTART_CONTAINERS decides"
+            in report)
+    path = write(tmp_path, UNCONSTRAINED_CREATE)
+    report = run_dockgate("audit", "--policy", path, env={"EXEC": "1"}).stdout
+    assert f"WARNING: EXEC is set but ignored: --policy {path} decides" in report

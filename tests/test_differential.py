@@ -320,6 +320,14 @@ def probe_number(record: Mapping[str, object]) -> int:
     raise AssertionError(f"record without {PROBE_HEADER}: {record}")
 
 
+def is_startup_probe(record: Mapping[str, object]) -> bool:
+    """dockgate's GET /info at startup (probe.daemon), sent before any client request."""
+    headers = record["headers"]
+    assert isinstance(headers, list), record
+    return (record["method"], record["target"]) == ("GET", "/info") and not any(
+        name.lower() == PROBE_HEADER.lower() for name, _ in headers)
+
+
 def run_corpus(kind: str, combination: Combination, corpus: list[Probe],
                work: Path) -> tuple[list[Observed], list[dict[str, object]], str]:
     stack = start_stack(kind, combination, work)
@@ -329,7 +337,9 @@ def run_corpus(kind: str, combination: Combination, corpus: list[Probe],
     finally:
         client.close()
         stack.stop()
-    records = stack.records()
+    # dockgate's own startup probe (GET /info, to learn the daemon's defaults) is not
+    # a client request: it carries no probe number.
+    records = [record for record in stack.records() if not is_startup_probe(record)]
     forwarded = {probe_number(record) for record in records}
     observed = [Observed(status, number in forwarded) for number, status in enumerate(statuses)]
     return observed, records, stack.log.read_text(errors="replace")

@@ -753,3 +753,41 @@ def test_grants_are_indexed_by_operation_and_exact_name() -> None:
     assert len(index["container.restart"].by_name) == 1000
     assert index["container.restart"].patterns == []
     assert index["container.restart"].open == []
+
+
+def test_redact_env_makes_inspect_answers_lose_env_values_only() -> None:
+    """A dashboard sees state and labels; the values of Env (often secrets) are replaced."""
+    decider = compile_policy("""\
+        policies:
+          p:
+            grants:
+              - allow: [container.inspect, container.list]
+                redact: [env]
+        default: p
+    """)
+    allowed = decide(decider, "GET", "/containers/gw/json")
+    assert isinstance(allowed, Allow)
+    assert allowed.response_filter is not None
+    assert allowed.response_filter.mode == "json-object"
+    answer = {"State": {"Running": True}, "Config": {"Env": ["A=secret", "PATH=/bin"],
+                                                     "Labels": {"x": "y"}}}
+    assert allowed.response_filter.rewrite(answer) == {
+        "State": {"Running": True},
+        "Config": {"Env": ["A=<redacted by dockgate>", "PATH=<redacted by dockgate>"],
+                   "Labels": {"x": "y"}}}
+    listed = decide(decider, "GET", "/containers/json")
+    assert isinstance(listed, Allow)
+    assert listed.response_filter is None
+
+
+def test_redact_needs_inspect_and_a_known_field(tmp_path: Path) -> None:
+    """redact: on a grant without inspect, or of an unknown field, names the line."""
+    path = tmp_path / "p.yaml"
+    path.write_text("policies:\n  p:\n    grants:\n      - allow: [container.list]\n"
+                    "        redact: [env]\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:5: redact: applies to container.inspect"):
+        policy.load_file(str(path))
+    path.write_text("policies:\n  p:\n    grants:\n      - allow: [container.inspect]\n"
+                    "        redact: [evn]\n")
+    with pytest.raises(ConfigError, match=r"cannot redact 'evn' \(did you mean 'env'\?\)"):
+        policy.load_file(str(path))

@@ -164,3 +164,35 @@ def test_a_dangerous_field_is_caught_in_any_letter_case(fields: list[str],
     body = json.dumps({scramble("HostConfig"): host_config}).encode()
     problems, _image = bodies.create_violations(body, ALL)
     assert len([p for p in problems if "root" not in p]) == len(set(fields))
+
+
+DEFAULT_MASKS = sorted(bodies.DEFAULT_MASKED_PATHS)
+DEFAULT_READONLY = sorted(bodies.DEFAULT_READONLY_PATHS)
+ALL_CHECKS = frozenset(bodies.CHECKS)
+
+
+def inspected_body(**host_config: object) -> bytes:
+    """A body as Watchtower copies it from inspect: the daemon's defaults spelled out."""
+    hc = {"CgroupnsMode": "host", "MaskedPaths": DEFAULT_MASKS,
+          "ReadonlyPaths": DEFAULT_READONLY, "IpcMode": "private", **host_config}
+    return json.dumps({"Image": "x", "User": "1000", "HostConfig": hc}).encode()
+
+
+def test_a_body_restating_the_daemon_s_defaults_asks_for_nothing() -> None:
+    """cgroupns host on a cgroup v1 daemon and the default masks are what it does anyway."""
+    v1 = bodies.DaemonDefaults(cgroupns="host")
+    assert bodies.create_violations(inspected_body(), ALL_CHECKS, v1) == ([], "x")
+    more = inspected_body(MaskedPaths=[*DEFAULT_MASKS, "/proc/extra"])
+    assert bodies.create_violations(more, ALL_CHECKS, v1) == ([], "x")
+
+
+def test_defaults_unknown_or_weakened_are_still_requests() -> None:
+    """Strict until the daemon said so; fewer masks than the default unmask /proc."""
+    problems, _ = bodies.create_violations(inspected_body(), ALL_CHECKS)
+    assert problems == ["shared namespace 'host' (HostConfig.cgroupnsmode)"]
+    v1 = bodies.DaemonDefaults(cgroupns="host")
+    fewer = inspected_body(MaskedPaths=DEFAULT_MASKS[1:])
+    assert bodies.create_violations(fewer, ALL_CHECKS, v1)[0] == [
+        "explicit /proc path masks (HostConfig.maskedpaths)"]
+    assert bodies.create_violations(inspected_body(ReadonlyPaths=[]), ALL_CHECKS, v1)[0] == [
+        "explicit /proc path masks (HostConfig.readonlypaths)"]

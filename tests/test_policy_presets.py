@@ -26,6 +26,8 @@ def grant_text(grant: policy.Grant) -> str:
         text += f" (images {', '.join(grant.images)})"
     if grant.create_deny is not None:
         text += f" (create denies {', '.join(sorted(grant.create_deny))})"
+    if grant.redact:
+        text += f" (answers without {', '.join(sorted(grant.redact))} values)"
     return text
 
 

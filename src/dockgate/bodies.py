@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 # The constraint names a policy can list under ``create: deny:``.
@@ -244,14 +245,57 @@ def start_problem(body: bytes) -> str | None:
     return None
 
 
-def create_violations(body: bytes, deny: frozenset[str]) -> tuple[list[str], str]:
+@dataclass(frozen=True)
+class DaemonDefaults:
+    """What the daemon at hand does for a create body that asks for nothing.
+
+    A body copied from ``docker inspect`` (Watchtower recreates containers that
+    way) spells these defaults out; a value equal to the default asks for nothing
+    more than an empty field would. The strict value (``cgroupns="private"``)
+    applies until the daemon was asked: ``serve`` reads /info at start.
+    """
+
+    # Engine 20.10+: cgroupns is "host" by default on cgroup v1 hosts, "private" on v2.
+    cgroupns: str = "private"
+
+
+STRICT = DaemonDefaults()
+
+# dockerd's default /proc and /sys masks (oci/defaults.go, Engine 20.10; later engines
+# add paths). A list holding all of these masks at least what the default masks.
+DEFAULT_MASKED_PATHS = frozenset({
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware"})
+DEFAULT_READONLY_PATHS = frozenset({
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"})
+
+
+def _without_daemon_defaults(hc: dict[str, Any], defaults: DaemonDefaults) -> dict[str, Any]:
+    """``hc`` without the fields that only restate what the daemon does anyway."""
+    kept = dict(hc)
+    if defaults.cgroupns == "host" and kept.get("cgroupnsmode") == "host":
+        del kept["cgroupnsmode"]
+    for field, base in (("maskedpaths", DEFAULT_MASKED_PATHS),
+                        ("readonlypaths", DEFAULT_READONLY_PATHS)):
+        value = kept.get(field)
+        if isinstance(value, list) and all(isinstance(path, str) for path in value) \
+                and base <= set(value):
+            del kept[field]  # masks (or protects) at least the defaults: more is safer
+    return kept
+
+
+def create_violations(body: bytes, deny: frozenset[str],
+                      defaults: DaemonDefaults = STRICT) -> tuple[list[str], str]:
     """What a container-create body asks for that ``deny`` forbids, and its Image.
 
+    Fields equal to what the daemon does anyway (``defaults``) ask for nothing.
     Raises UnparseableError when the body cannot be judged.
     """
     doc = parse(body)
     problems: list[str] = []
-    for hc in _host_configs(doc):
+    for raw in _host_configs(doc):
+        hc = _without_daemon_defaults(raw, defaults)
         for check, function in _HOST_CONFIG_CHECKS.items():
             if check in deny:
                 problem = function(hc)

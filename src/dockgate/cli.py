@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from dockgate import (
     __version__,
+    bodies,
     compat,
     danger,
     learnlog,
@@ -24,6 +25,7 @@ from dockgate import (
     metrics,
     policy,
     policy_learn,
+    probe,
     settings,
 )
 from dockgate.decision import AllowAll, Decider
@@ -74,9 +76,21 @@ def _decider(config: settings.Settings, env: Mapping[str, str]) -> tuple[Decider
     return compat.decider_from_env(env, config.compat)
 
 
-def _announce(config: settings.Settings, env: Mapping[str, str], decider: Decider) -> Decider:
-    """Log what ``decider`` grants, dangers as WARNING lines (at start and after a reload)."""
-    deciding = decider.inner if isinstance(decider, policy_learn.LearningDecider) else decider
+def _configured(decider: Decider) -> Decider:
+    """The configured decider, without learn mode's wrapper."""
+    return decider.inner if isinstance(decider, policy_learn.LearningDecider) else decider
+
+
+def _announce(config: settings.Settings, env: Mapping[str, str], decider: Decider,
+              defaults: bodies.DaemonDefaults) -> Decider:
+    """Log what ``decider`` grants, dangers as WARNING lines (at start and after a reload).
+
+    ``defaults``: what the daemon does by default (from the startup probe), against
+    which create bodies are judged.
+    """
+    deciding = _configured(decider)
+    if isinstance(deciding, policy.PolicyDecider):
+        deciding.daemon_defaults = defaults
     if isinstance(deciding, compat.TecnativaDecider):
         log.info("%s", compat.risk_report(env, config.compat, warnings=False).rstrip())
     elif isinstance(deciding, policy.PolicyDecider):
@@ -88,6 +102,30 @@ def _announce(config: settings.Settings, env: Mapping[str, str], decider: Decide
     return decider
 
 
+def known_variables() -> frozenset[str]:
+    """Every variable dockgate reads: settings, access variables, the env policy."""
+    return frozenset({setting.env for setting in settings.TABLE}
+                     | set(compat.variables("linuxserver"))
+                     | {policy.RESTART_VARIABLE, policy.INSPECT_VARIABLE})
+
+
+def env_warnings(config: settings.Settings, env: Mapping[str, str],
+                 decider: Decider) -> list[str]:
+    """Typos, and Tecnativa variables that a policy makes irrelevant."""
+    warnings = settings.typo_warnings(env, known_variables())
+    if not isinstance(decider, compat.TecnativaDecider):
+        ignored = [name for name in compat.variables(config.compat) if name in env]
+        if ignored:
+            why = (f"--policy {config.policy}" if config.policy else
+                   policy.RESTART_VARIABLE if policy.RESTART_VARIABLE in env
+                   else policy.INSPECT_VARIABLE)
+            warnings.append(f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} "
+                            f"set but ignored: {why} decides (the Tecnativa variables apply "
+                            "only without a policy file and without "
+                            f"{policy.RESTART_VARIABLE})")
+    return warnings
+
+
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = settings.load(args, env)
     logs.configure(config.log_level, config.log_format)
@@ -95,13 +133,19 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                     verbose=logging.getLevelName(config.log_level) <= logging.INFO)
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
-    decider = _announce(config, env, build_decider(config, env))
+    decider = build_decider(config, env)
+    for warning in env_warnings(config, env, _configured(decider)):
+        log.warning("%s", warning)
+    problems, defaults = probe.daemon(config)
+    for warning in problems:
+        log.warning("%s", warning)
+    decider = _announce(config, env, decider, defaults)
     if config.learn:
         # Fail before serving when the recording cannot be written.
         learnlog.Recorder(config.learn, config.learn_max_bytes).close()
     try:
-        return proxy.run(config, decider,
-                         reload=lambda: _announce(config, env, build_decider(config, env)))
+        return proxy.run(config, decider, reload=lambda: _announce(
+            config, env, build_decider(config, env), defaults))
     finally:
         metrics.cleanup()
 
@@ -109,6 +153,8 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def cmd_audit(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = settings.load(args, env)
     decider, _warnings = _decider(config, env)
+    for warning in env_warnings(config, env, _configured(decider)):
+        print(f"WARNING: {warning}")
     if isinstance(decider, policy.PolicyDecider):
         print(danger.policy_report(decider, config.listeners), end="")
         return 0

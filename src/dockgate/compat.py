@@ -313,11 +313,9 @@ class TecnativaDecider:
         """
         options = [" and ".join(f"{name}=1" for name in fix) for fix in fixes]
         notes = []
-        quiet = TecnativaDecider(self.on, self.variant, hints=False)
-        before = {route.operation for route, _ in granted_routes(quiet)}
+        before = {route.operation for route, _ in granted_routes(self)}
         for fix in fixes:
-            trial = TecnativaDecider({**self.on, **dict.fromkeys(fix, True)}, self.variant,
-                                     hints=False)
+            trial = TecnativaDecider({**self.on, **dict.fromkeys(fix, True)}, self.variant)
             opened = {route.operation for route, _ in granted_routes(trial)} - before
             risky = sorted(opened & DANGEROUS.keys())
             setting = " with ".join(f"{name}=1" for name in reversed(fix))
@@ -434,6 +432,7 @@ def sample_path(route: routes.Route) -> str:
 def granted_routes(decider: TecnativaDecider) -> list[tuple[routes.Route, str]]:
     """Each route the decider allows (with sample parameters), and the variable that allows it."""
     granted = []
+    decider = TecnativaDecider(decider.on, decider.variant, hints=False)  # no hints: faster
     for route in routes.ROUTES:
         params = dict.fromkeys(route.param_names, SAMPLE_PARAM)
         target = routes.parse_target(route.path_for(params))

@@ -201,6 +201,8 @@ def _grant_text(grant: Grant) -> str:
         text += f"; only {rule.param}={' or '.join(sorted(rule.values))}"
     if grant.create_deny is not None:
         text += f"; create denies {', '.join(sorted(grant.create_deny))}"
+    if grant.redact:
+        text += f"; answers without {', '.join(sorted(grant.redact))} values"
     return text
 
 

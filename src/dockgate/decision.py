@@ -133,10 +133,11 @@ class NeedFacts:
 
 
 class ResponseFilter(Protocol):
-    """Drops the items of a JSON list response or of a JSON-lines stream a client may not see."""
+    """Drops the items of a JSON list response or of a JSON-lines stream a client may not see;
+    in ``json-object`` mode, rewrites the one object a response holds (``rewrite``)."""
 
     @property
-    def mode(self) -> Literal["json-list", "json-lines"]: ...
+    def mode(self) -> Literal["json-list", "json-lines", "json-object"]: ...
 
     # For a json-list: None when the answer is the list itself, else the key of the
     # list inside the answer's object ("Volumes" for GET /volumes).
@@ -144,6 +145,8 @@ class ResponseFilter(Protocol):
     def list_key(self) -> str | None: ...
 
     def keep(self, item: Mapping[str, Any]) -> bool: ...
+
+    def rewrite(self, item: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class ErrorAnswer(Protocol):

@@ -105,6 +105,7 @@ class Grant:
     images: tuple[str, ...] | None = None
     query: tuple[QueryRule, ...] = ()
     create_deny: frozenset[str] | None = None
+    redact: frozenset[str] = frozenset()  # inspect answers without these (REDACTABLE)
 
     @property
     def rule(self) -> str:
@@ -129,10 +130,12 @@ class Grant:
         return CREATE_OPERATION in self.operations and (
             self.create_deny is not None or self.images is not None)
 
-    def body_problem(self, body: bytes) -> str | None:
+    def body_problem(self, body: bytes,
+                     defaults: bodies.DaemonDefaults = bodies.STRICT) -> str | None:
         """Why a create body breaks this grant's constraints, or None."""
         try:
-            problems, image = bodies.create_violations(body, self.create_deny or frozenset())
+            problems, image = bodies.create_violations(body, self.create_deny or frozenset(),
+                                                       defaults)
         except bodies.UnparseableError as error:
             return f"the create body cannot be inspected: {error}"
         if problems:
@@ -218,6 +221,9 @@ class ContainerFilter:
     scopes: tuple[ContainerScope, ...]
     list_key: str | None = None
 
+    def rewrite(self, item: dict[str, Any]) -> dict[str, Any]:
+        return item
+
     def keep(self, item: Mapping[str, Any]) -> bool:
         """List items by ``Names``/``Labels``; events by ``Actor``; other events dropped."""
         if self.mode == "json-list":
@@ -232,6 +238,41 @@ class ContainerFilter:
         if not isinstance(name, str) or not isinstance(labels, dict):
             return False
         return any(scope.matches(name, labels) for scope in self.scopes)
+
+
+INSPECT_OPERATION = "container.inspect"
+# What a grant may redact from container.inspect answers.
+REDACTABLE = ("env",)
+REDACTED = "<redacted by dockgate>"
+
+
+@dataclass(frozen=True)
+class EnvRedaction:
+    """Container inspect without the values of ``Config.Env`` (often secrets).
+
+    The names stay (``DB_PASSWORD=<redacted by dockgate>``), so a dashboard still
+    shows which variables are set; state, health, labels, ports and networks are
+    untouched.
+    """
+
+    mode: Literal["json-object"] = "json-object"
+    list_key: str | None = None
+
+    def keep(self, item: Mapping[str, Any]) -> bool:
+        return True
+
+    def rewrite(self, item: dict[str, Any]) -> dict[str, Any]:
+        config = item.get("Config")
+        if isinstance(config, dict) and isinstance(config.get("Env"), list):
+            config["Env"] = [f"{entry.split('=', 1)[0]}={REDACTED}" if isinstance(entry, str)
+                             else REDACTED for entry in config["Env"]]
+        return item
+
+
+def _allow(grant: Grant, operation: str, target: str | None = None) -> Allow:
+    redaction = EnvRedaction() if "env" in grant.redact and operation == INSPECT_OPERATION \
+        else None
+    return Allow(rule=grant.rule, target=target, response_filter=redaction)
 
 
 # ---------------------------------------------------------------------------
@@ -254,6 +295,8 @@ class PolicyDecider:
         self.label = label
         # How to grant a missing operation, in the denial; None: the narrowest grant.
         self.grant_hint = grant_hint
+        # What the daemon does by default, for create bodies (serve sets it from /info).
+        self.daemon_defaults = bodies.STRICT
         self.ops = ops
         self.policies = dict(policies)
         self.clients = clients
@@ -343,12 +386,12 @@ class PolicyDecider:
         if open_ok:
             plain = [g for g in open_ok if not g.needs_body]
             if plain:
-                return Allow(rule=plain[0].rule)
+                return _allow(plain[0], operation)
             if facts.body is None:
                 return NeedFacts(body=True)
             problem = ""
             for grant in open_ok:
-                found = grant.body_problem(facts.body)
+                found = grant.body_problem(facts.body, self.daemon_defaults)
                 if found is None:
                     return Allow(rule=grant.rule)
                 problem = problem or found
@@ -381,8 +424,7 @@ class PolicyDecider:
             return out_of_scope
         for grant in in_scope:
             if grant.admits_query(operation, params):
-                return Allow(rule=grant.rule,
-                             target=match.with_param(param, resolved.id))
+                return _allow(grant, operation, target=match.with_param(param, resolved.id))
         return _query_denied(request, policy, operation)
 
 

@@ -18,6 +18,8 @@ import yaml
 from dockgate import bodies
 from dockgate.policy_decider import (
     CREATE_OPERATION,
+    INSPECT_OPERATION,
+    REDACTABLE,
     Grant,
     Operations,
     Policy,
@@ -39,7 +41,7 @@ from dockgate.policy_yaml import Source, compose, integer, mapping, sequence, su
 
 _TOP_KEYS = ("version", "policies", "clients", "listeners", "default")
 _POLICY_KEYS = ("description", "grants")
-_GRANT_KEYS = ("allow", "containers", "images", "query", "create")
+_GRANT_KEYS = ("allow", "containers", "images", "query", "create", "redact")
 _CONTAINER_KEYS = ("names", "globs", "labels")
 _CREATE_KEYS = ("deny",)
 _CLIENT_KEYS = ("name", "policy", "address", "uid", "gid", "cert_cn", "cert_san", "listener")
@@ -158,8 +160,21 @@ class _Compiler:
                                         "container.create, which this grant does not allow; "
                                         "add it to allow: or remove create:")
         operations_ = frozenset({op for op, _ in explicit} | from_globs)
+        redact: frozenset[str] = frozenset()
+        if "redact" in parts:
+            if INSPECT_OPERATION not in operations_:
+                raise self.source.error(parts["redact"][0], "redact: applies to "
+                                        "container.inspect answers, which this grant does not "
+                                        "allow; add it to allow: or remove redact:")
+            for item, item_node in texts(parts["redact"][1], self.source, "redact"):
+                if item not in REDACTABLE:
+                    raise self.source.error(item_node, f"cannot redact {item!r}"
+                                            f"{suggest(item, REDACTABLE)}; known: "
+                                            f"{', '.join(REDACTABLE)}")
+            redact = frozenset(item for item, _ in texts(parts["redact"][1], self.source,
+                                                         "redact"))
         return Grant(policy, number, where, operations_, containers, images, query,
-                     create_deny)
+                     create_deny, redact)
 
     def operation_names(self, node: yaml.Node) -> tuple[list[tuple[str, yaml.Node]],
                                                          set[str]]:

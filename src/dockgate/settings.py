@@ -12,6 +12,7 @@ the ``DOCKGATE_`` prefix. The access-policy variables (``CONTAINERS``, ``POST``,
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -324,6 +325,32 @@ def load_warnings(env: Mapping[str, str]) -> list[str]:
         return [f"DISABLE_IPV6={raw!r} is read as off (IPv6 stays enabled), as the proxy "
                 "dockgate replaces reads it; write DISABLE_IPV6=1 to listen on IPv4 only"]
     return []
+
+
+PREFIX = "DOCKGATE_"
+
+
+def typo_warnings(env: Mapping[str, str], known: frozenset[str]) -> list[str]:
+    """Variables that look like one of ``known`` (or carry dockgate's prefix) but are not.
+
+    A misspelt variable is silently ignored by whatever reads the right name
+    (``CONTAINER=1`` leaves CONTAINERS off; ``ALLOW_RESTART_CONTAINER=gw`` falls back
+    to the Tecnativa defaults): say so. The bar is high (a 0.85 similarity, case
+    ignored) so that ordinary variables of a container stay quiet.
+    """
+    warnings = []
+    for name in sorted(env):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.85)
+        if close:
+            warnings.append(f"{name} is not a variable dockgate reads (did you mean "
+                            f"{close[0]}?); it is ignored")
+        elif name.startswith(PREFIX):
+            names = sorted(k for k in known if k.startswith(PREFIX))
+            warnings.append(f"{name} is not a variable dockgate reads; it is ignored "
+                            f"(dockgate's own: {', '.join(names)})")
+    return warnings
 
 
 def _parse(setting: Setting, raw: str, source: str) -> Any:

@@ -125,18 +125,20 @@ async def serve(settings: Settings, decider: Decider,
     ``bound``: the sockets a supervisor bound for this worker (None: bind them here).
     """
     proxy = Proxy(settings, decider)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Handlers first: a client may connect (and an operator send SIGHUP) as soon as a
+    # socket listens, and SIGHUP's default action would end the process.
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, proxy.reload, reload)
     admin_servers = await admin.start(settings)
     try:
         await proxy.start(bound)
     except OSError as error:
         log.error("cannot listen: %s", error)
         return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, proxy.reload, reload)
     if bound is None:
         log.info("listening on %s, forwarding to %s, decisions by %s",
                  ", ".join(proxy.bound), settings.upstream_url, decider.name)

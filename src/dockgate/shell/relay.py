@@ -164,7 +164,7 @@ class Exchange:
             self.mode = "none"
         elif status >= 400 and self.error_answer is not None:
             self.mode = "collect"  # rewritten whole at the end (_send_collected)
-        elif self.filter is not None and self.filter.mode == "json-list":
+        elif self.filter is not None and self.filter.mode in ("json-list", "json-object"):
             self.mode = "collect"
         elif self.filter is not None:
             self.mode = "lines" if client_11 else "lines-close"
@@ -281,12 +281,15 @@ class Exchange:
             document = json.loads(b"".join(self._collected)) if self._collected else []
         except ValueError:
             document = None
+        if self.filter.mode == "json-object" and isinstance(document, dict):
+            self._send_collected(json.dumps(self.filter.rewrite(document)).encode() + b"\n")
+            return True
         items = document
         if key is not None:
             # GET /volumes answers {"Volumes": [...] or null, "Warnings": ...}.
             items = (document.get(key) or []) if isinstance(document, dict) else None
         if not isinstance(items, list):
-            self._fail("dockgate: the daemon's answer is not the JSON list the policy filters")
+            self._fail("dockgate: the daemon's answer is not the JSON the policy filters")
             return False
         kept = [item for item in items if isinstance(item, dict) and self.filter.keep(item)]
         if key is not None:
