@@ -55,19 +55,19 @@ from dockgate.decision import (
     NeedFacts,
     Request,
 )
-from dockgate.errors import BodyTooLarge, HTTPError, ProtocolError, UpstreamError
+from dockgate.errors import BodyTooLarge, HTTPError, ProtocolError
 from dockgate.settings import Settings
 from dockgate.shell import audit
+from dockgate.shell.forward import CONTINUE, ClientGoneError, Flight, upstream_head
 from dockgate.shell.hijack import Session
 from dockgate.shell.listeners import Listener, client_for
-from dockgate.shell.relay import Exchange, Outcome
+from dockgate.shell.relay import Outcome
 from dockgate.shell.upstream import RawPeer, Upstream, UpstreamConnection
 
 log = logging.getLogger("dockgate.connection")
 
 HIGH_WATER: Final = 1 << 20        # request bytes buffered before the client is paused
 MAX_DECIDE_ROUNDS: Final = 4       # container facts, then body: two rounds suffice today
-CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 LINGER_SECONDS: Final = 2.0  # how long a refused client may go on sending its body
 _RAW_KINDS: Final = (routes.Stream.HIJACK, routes.Stream.UPGRADE, routes.Stream.WEBSOCKET)
 
@@ -104,10 +104,6 @@ def _valid_target(target: str) -> bool:
     return True
 
 
-class _ClientGoneError(Exception):
-    """The client closed its connection while we still needed its bytes."""
-
-
 class Host(Protocol):
     """What a connection needs from the proxy that accepted it (``proxy.Proxy``)."""
 
@@ -121,30 +117,6 @@ class Host(Protocol):
 
     def check_quiet(self) -> None:
         """During shutdown: note when no plain request is in flight any more."""
-
-
-class _Flight:
-    """The forwarding state of the request in progress."""
-
-    __slots__ = ("allow", "attempt", "body", "body_done", "conn", "exchange", "head",
-                 "outcome", "raw_head", "stream", "streamed", "streaming_body", "upgrade")
-
-    def __init__(self, head: http1.RequestHead, allow: Allow, stream: routes.Stream, *,
-                 body: bytes | None, upgrade: bytes | None, raw_head: bytes,
-                 streamed: list[http1.Data | http1.EndOfMessage]) -> None:
-        self.head = head
-        self.allow = allow
-        self.stream = stream
-        self.body = body
-        self.upgrade = upgrade
-        self.raw_head = raw_head
-        self.streamed = streamed
-        self.attempt = 0
-        self.body_done = not head.has_body or body is not None
-        self.streaming_body = False
-        self.conn: UpstreamConnection | None = None
-        self.exchange: Exchange | None = None
-        self.outcome: Outcome | None = None
 
 
 class ClientConnection(asyncio.Protocol):
@@ -171,7 +143,7 @@ class ClientConnection(asyncio.Protocol):
         self.linger = False        # answered a request without reading its body: see _linger
         self.lingering = False     # discarding what the client still sends, before closing
         self._record: audit.RequestRecord | None = None
-        self._flight: _Flight | None = None
+        self._flight: Flight | None = None
         self._paused_for: set[str] = set()
         self._waiter: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -314,8 +286,8 @@ class ClientConnection(asyncio.Protocol):
         flight = self._flight
         if flight is None:
             return
-        flight.outcome = outcome
         if outcome == "switch":
+            flight.outcome = outcome
             # Either side may have ended between the daemon's switch and now.
             session = self.session
             assert session is not None
@@ -324,8 +296,7 @@ class ClientConnection(asyncio.Protocol):
             if (flight.conn is not None and flight.conn.closed) or self.lost:
                 session.raw_lost()
             return
-        if not flight.streaming_body:
-            self._guarded(self._settle)
+        self._guarded(flight.ended, outcome)
 
     # flow control helpers --------------------------------------------------------------------
 
@@ -400,7 +371,7 @@ class ClientConnection(asyncio.Protocol):
             log.exception("internal error on a connection from %s", self.client.describe())
             self.abort()
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run the inherent waiting of this request in a task."""
         self._task = self._loop.create_task(self._run(work))
 
@@ -505,9 +476,9 @@ class ClientConnection(asyncio.Protocol):
         decision = self._decide(decider, request, NO_FACTS)
         stream = match.route.stream if match is not None else routes.Stream.PLAIN
         if isinstance(decision, NeedFacts):
-            self._spawn(self._gather(head, request, decider, decision, stream))
+            self.spawn(self._gather(head, request, decider, decision, stream))
         elif (isinstance(decision, Allow) and stream in _RAW_KINDS and head.has_body):
-            self._spawn(self._upgrade_body(head, request, decider, decision, stream))
+            self.spawn(self._upgrade_body(head, request, decider, decision, stream))
         else:
             self._decided(head, request, decider, decision, stream, body=None, facts=NO_FACTS)
 
@@ -543,7 +514,7 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(decision, Allow) and stream in _RAW_KINDS and head.has_body \
                     and body is None:
                 body = await self._read_whole_body(head)
-        except (HTTPError, _ClientGoneError) as error:
+        except (HTTPError, ClientGoneError) as error:
             self._failed(head, error, body is None)
             return
         self._decided(head, request, decider, decision, stream, body=body, facts=facts)
@@ -554,14 +525,14 @@ class ClientConnection(asyncio.Protocol):
         """An allowed upgrade request with a body: read the body before forwarding."""
         try:
             body = await self._read_whole_body(head)
-        except (HTTPError, _ClientGoneError) as error:
+        except (HTTPError, ClientGoneError) as error:
             self._failed(head, error, True)
             return
         self._decided(head, request, decider, decision, stream, body=body, facts=NO_FACTS)
 
-    def _failed(self, head: http1.RequestHead, error: HTTPError | _ClientGoneError,
+    def _failed(self, head: http1.RequestHead, error: HTTPError | ClientGoneError,
                 body_unread: bool) -> None:
-        if isinstance(error, _ClientGoneError):
+        if isinstance(error, ClientGoneError):
             self._finish(False, 499)
             return
         assert self._record is not None
@@ -645,7 +616,7 @@ class ClientConnection(asyncio.Protocol):
         parts: list[bytes] = []
         while not self._read_buffered_body(parts, limit):
             if self.lost or self.eof:
-                raise _ClientGoneError
+                raise ClientGoneError
             await self._wait()
         return b"".join(parts)
 
@@ -661,22 +632,6 @@ class ClientConnection(asyncio.Protocol):
             events.append(event)
             if isinstance(event, http1.EndOfMessage):
                 return events
-
-    def _upstream_head(self, head: http1.RequestHead, allow: Allow, body: bytes | None,
-                       upgrade: bytes | None) -> bytes:
-        headers = list(head.end_to_end)
-        if not head.has_host:
-            headers.insert(0, (b"Host", b"docker"))
-        if body is not None:
-            headers.append((b"Content-Length", b"%d" % len(body)))
-        elif head.chunked:
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        elif head.content_length is not None:
-            headers.append((b"Content-Length", b"%d" % head.content_length))
-        if upgrade is not None:
-            headers.append((b"Connection", b"Upgrade"))
-            headers.append((b"Upgrade", upgrade))
-        return http1.request_head(head.method, allow.target or head.target, headers)
 
     def _forward(self, head: http1.RequestHead, allow: Allow, stream: routes.Stream,
                  body: bytes | None) -> None:
@@ -702,86 +657,20 @@ class ClientConnection(asyncio.Protocol):
         last_head, last_target, last_upgrade, raw_head = self._last_forward
         if body is not None or head is not last_head or allow.target != last_target \
                 or upgrade != last_upgrade:
-            raw_head = self._upstream_head(head, allow, body, upgrade)
+            raw_head = upstream_head(head, allow, body, upgrade)
             if body is None:
                 self._last_forward = (head, allow.target, upgrade, raw_head)
-        self._flight = _Flight(head, allow, stream, body=body, upgrade=upgrade,
-                               raw_head=raw_head, streamed=streamed)
-        self._connect()
+        self._flight = flight = Flight(self, head, allow, stream, body=body, upgrade=upgrade,
+                                       raw_head=raw_head, streamed=streamed)
+        flight.start()
 
-    def _connect(self) -> None:
-        conn = self.proxy.upstream.take_idle()
-        if conn is not None:
-            self._send(conn)
-        else:
-            self._spawn(self._connect_new())
+    # forward.Origin --------------------------------------------------------------------------
 
-    async def _connect_new(self) -> None:
-        flight = self._flight
-        assert flight is not None
-        try:
-            conn = await self.proxy.upstream.acquire()
-        except UpstreamError as error:
-            metrics.count_upstream_error("connect")
-            assert self._record is not None
-            self._record.reason = error.message
-            self._flight = None
-            self._finish(self._answer_error(502, error.message, flight.head,
-                                            close=not flight.body_done), 502)
-            return
-        if self.lost:
-            self.proxy.upstream.release(conn)
-            self._flight = None
-            self._finish(False, 499)
-            return
-        self._send(conn)
+    @property
+    def pool(self) -> Upstream:
+        return self.proxy.upstream
 
-    def _send(self, conn: UpstreamConnection) -> None:
-        flight = self._flight
-        assert flight is not None
-        head = flight.head
-        exchange = Exchange(self, conn, head, response_filter=flight.allow.response_filter,
-                            stream=flight.stream, upgrade=flight.upgrade,
-                            error_answer=flight.allow.error_answer)
-        flight.conn = conn
-        flight.exchange = exchange
-        flight.outcome = None
-        conn.sink = exchange
-        conn.reader.expect(head.method, exchange.passthrough)
-        self.upstream = conn
-        if self._write_paused:
-            conn.pause_reading()  # the client is still behind on an earlier response
-        if flight.body is not None:
-            conn.write(flight.raw_head + flight.body)  # one write: see _forward
-        else:
-            conn.write(flight.raw_head)
-        if not flight.body_done:
-            if head.expect_continue:
-                self.write(CONTINUE)
-            streamed = flight.streamed
-            if streamed and isinstance(streamed[-1], http1.EndOfMessage):
-                self._write_body(conn, head.chunked, streamed)
-                flight.body_done = True
-            else:
-                flight.streaming_body = True
-                self._spawn(self._stream_body(flight, conn))
-        self.streaming = flight.stream == routes.Stream.STREAM
-        if self.streaming and self.eof:
-            self.abort()  # see eof_received: the follower already left
-
-    @staticmethod
-    def _write_body(conn: UpstreamConnection, chunked: bool,
-                    events: list[http1.Data | http1.EndOfMessage]) -> None:
-        for event in events:
-            if isinstance(event, http1.EndOfMessage):
-                if chunked:
-                    conn.write(http1.LAST_CHUNK)
-            elif chunked:
-                conn.writelines([http1.chunk_header(len(event.data)), event.data, http1.CRLF])
-            else:
-                conn.write(event.data)
-
-    async def _next_body_event(self) -> http1.Data | http1.EndOfMessage:
+    async def next_body_event(self) -> http1.Data | http1.EndOfMessage:
         while True:
             event = self.reader.next_event()
             if isinstance(event, http1.Data):
@@ -790,84 +679,33 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(event, http1.EndOfMessage):
                 return event
             if self.lost or self.eof:
-                raise _ClientGoneError
+                raise ClientGoneError
             await self._wait()
 
-    async def _stream_body(self, flight: _Flight, conn: UpstreamConnection) -> None:
-        """Relay a request body as it arrives (the daemon's pace: ``drain``)."""
-        pending = list(flight.streamed)
-        chunked = flight.head.chunked
-        try:
-            while True:
-                event = pending.pop(0) if pending else await self._next_body_event()
-                if isinstance(event, http1.EndOfMessage):
-                    if chunked:
-                        conn.write(http1.LAST_CHUNK)
-                    break
-                if conn.closed:
-                    continue  # the daemon went away; keep reading so the client gets its answer
-                self._write_body(conn, chunked, [event])
-                await conn.drain()
-        except (ProtocolError, _ClientGoneError) as error:
-            flight.streaming_body = False
-            conn.abort()
-            self.upstream = None
-            self._flight = None
-            exchange = flight.exchange
-            if isinstance(error, ProtocolError) and exchange is not None \
-                    and not exchange.started:
-                assert self._record is not None
-                self._record.reason = error.message
-                self._finish(self._answer_error(error.status, f"dockgate: {error.message}",
-                                                flight.head, close=True), error.status)
-                return
-            self.abort()
-            self._finish(False, 400 if isinstance(error, ProtocolError) else 499)
-            return
-        flight.streaming_body = False
-        flight.body_done = True
-        if flight.outcome is not None:
-            self._settle()
+    def attach(self, conn: UpstreamConnection | None, streaming: bool) -> None:
+        self.upstream = conn
+        self.streaming = streaming
+        if conn is not None and self._write_paused:
+            conn.pause_reading()  # the client is still behind on an earlier response
+        if streaming and self.eof:
+            self.abort()  # see eof_received: the follower already left
 
-    def _settle(self) -> None:
-        """The exchange ended and the request body is all sent: what now."""
+    def landed(self, keep: bool, status: int) -> None:
+        self._flight = None
+        self._finish(keep, status)
+
+    def refused(self, status: int, message: str, close: bool) -> None:
         flight = self._flight
         assert flight is not None
-        assert flight.conn is not None
-        assert flight.exchange is not None
-        conn, exchange, outcome = flight.conn, flight.exchange, flight.outcome
-        self.streaming = False
-        head = flight.head
-        if outcome == "lost" and flight.attempt == 0 and conn.reused \
-                and not conn.got_response and not self.lost \
-                and (not head.has_body or flight.body is not None):
-            flight.attempt = 1  # the daemon had closed this pooled connection: one fresh try
-            conn.abort()
-            self._connect()
-            return
-        self.upstream = None
+        assert self._record is not None
         self._flight = None
-        if outcome == "lost":
-            metrics.count_upstream_error("lost")
-            conn.abort()
-            message = exchange.error or self.proxy.upstream.unreachable_message(
-                "connection lost")
-            assert self._record is not None
-            self._record.reason = message
-            self._finish(self._answer_error(502, message, head, close=not flight.body_done),
-                         502)
-            return
-        if outcome == "broken":
-            metrics.count_upstream_error("broken")
-            conn.abort()
-            self.abort()
-            self._finish(False, exchange.status)
-            return
-        if exchange.upstream_reusable and flight.body_done:
-            self.proxy.upstream.release(conn)
-        else:
-            conn.close()
-        self._finish(exchange.keep_alive and flight.body_done, exchange.status)
+        self._record.reason = message
+        self._finish(self._answer_error(status, message, flight.head, close), status)
+
+    def broken(self, status: int) -> None:
+        self._flight = None
+        self.abort()
+        self._finish(False, status)
 
     def _session_ended(self) -> None:
         session, flight = self.session, self._flight
