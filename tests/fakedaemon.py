@@ -29,6 +29,7 @@ import os
 import signal
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -277,6 +278,44 @@ def answer_hijack(upgrade: bool = True,
     return handler
 
 
+def answer_reset(sent: bytes = b"") -> Handler:
+    """Send ``sent`` (maybe nothing, maybe part of a response), then reset the connection."""
+
+    def handler(request: Received, conn: FakeConnection) -> bool:
+        if sent:
+            conn.send(sent)
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.sock.close()  # with a zero linger: RST, like a daemon that crashed
+        return False
+
+    return handler
+
+
+def answer_stall() -> Handler:
+    """Never answer: hold the connection until the peer closes it (then count it)."""
+
+    def handler(request: Received, conn: FakeConnection) -> bool:
+        try:
+            while conn.recv():
+                pass
+        finally:  # EOF or reset: either way the peer went away
+            with conn.daemon._lock:
+                conn.daemon.stalls_ended += 1
+        return False
+
+    return handler
+
+
+def answer_raw(data: bytes) -> Handler:
+    """Send ``data`` as it is (a malformed or hostile response), then close."""
+
+    def handler(request: Received, conn: FakeConnection) -> bool:
+        conn.send(data)
+        return False
+
+    return handler
+
+
 def answer_upgrade_websocket() -> Handler:
     """101 Switching Protocols for websocket attach, then echo raw bytes until EOF."""
 
@@ -331,11 +370,13 @@ class FakeDaemon:
         self.raw: list[bytearray] = []
         self.open_connections = 0
         self.hijack_eofs = 0
+        self.stalls_ended = 0  # answer_stall connections whose peer went away
         self.read_delay = 0.0  # seconds to wait before each read of a request body
         self.record_file = record_file
         self._lock = threading.Lock()
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._thread: threading.Thread | None = None
+        self._live: set[socket.socket] = set()
 
     def on(self, method: str, path: str, handler: Handler) -> None:
         """Answer ``method path`` (path without query) with ``handler``."""
@@ -353,6 +394,8 @@ class FakeDaemon:
             self.raw.append(record)
             self.open_connections += 1
         conn = FakeConnection(sock, self, record)
+        with self._lock:
+            self._live.add(sock)
         try:
             while True:
                 request = _read_request(conn)
@@ -370,6 +413,7 @@ class FakeDaemon:
         finally:
             with self._lock:
                 self.open_connections -= 1
+                self._live.discard(sock)
 
     def _record(self, request: Received) -> None:
         if self.record_file is None:
@@ -407,6 +451,15 @@ class FakeDaemon:
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+    def kill(self) -> None:
+        """Die like a killed daemon: stop listening, end every open connection at once."""
+        self.stop()
+        with self._lock:
+            live = list(self._live)
+        for sock in live:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> FakeDaemon:
         return self.start()

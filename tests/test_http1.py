@@ -183,6 +183,16 @@ BAD = {
     "unknown method": b"FROB / HTTP/1.1\r\nHost: d\r\n\r\n",
     "space before colon": b"GET / HTTP/1.1\r\nHost : d\r\n\r\n",
     "two Host headers": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    # Found by fuzz/fuzz_request.py: llhttp accepts it, h11 and Go's net/http do not.
+    "two spaces in the request line": b"GET  / HTTP/1.1\r\nHost: d\r\n\r\n",
+    "space after the version": b"GET / HTTP/1.1 \r\nHost: d\r\n\r\n",
+    "trailer name not a token": b"POST /build HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: "
+    b"chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Tr\xe1iler: 1\r\n\r\n",
+    "bare LF after a body ending in CR": b"POST / HTTP/1.1\r\nHost: d\r\nContent-Length: 1\r\n"
+    b"\r\n\r\nGET / HTTP/1.1",
+    "bare CR before the request line": b"\r\rGET / HTTP/1.1\r\nHost: d\r\n\r\n",
+    "framing field in the trailer": b"POST /build HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: "
+    b"chunked\r\n\r\n3\r\nabc\r\n0\r\nContent-Length: 5\r\n\r\n",
     "CR in header value": b"GET / HTTP/1.1\r\nHost: d\r\nX: a\rb\r\n\r\n",
     "NUL in header": b"GET / HTTP/1.1\r\nHost: d\r\nX: a\x00b\r\n\r\n",
     "unknown expectation": b"GET / HTTP/1.1\r\nHost: d\r\nExpect: magic\r\n\r\n",
@@ -329,7 +339,14 @@ def test_malformed_daemon_output_is_an_upstream_error() -> None:
     for data in [b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 abc OK\r\n\r\n",
                  b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
                  b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nq\r\n"]:
+                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nq\r\n",
+                 # Found by fuzz/fuzz_response.py (h11 refuses them, Python's int() did not).
+                 b"HTTP/1.1 033 OK\r\n\r\n", b"HTTP/1.1 2_00 OK\r\n\r\n",
+                 b"HTTP/1.1 +200 OK\r\n\r\n", b"HTTP/1.1 200 O\x01K\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nContent-Len/th: 5\r\n\r\nhello",
+                 b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n",
+                 # Found by tests/test_faults.py: a whole oversized head in one read.
+                 b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n"]:
         reader = http1.ResponseReader()
         reader.expect("GET")
         with pytest.raises(UpstreamError):

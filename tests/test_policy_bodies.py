@@ -7,13 +7,18 @@ must be refused rather than waved through.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import random
+import socket
 
+import docker
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import DOCKER_SOCKET, unique_name
 from dockgate import bodies
 
 ALL = frozenset(bodies.CHECKS)
@@ -52,6 +57,12 @@ CLEAN = b'{"Image": "busybox", "User": "1000:1000", "HostConfig": {"NetworkMode"
     (b'{"HostConfig": {"Mounts": [{"Type": "volume", "Target": "/h", "VolumeOptions":'
      b' {"DriverConfig": {"Name": "local", "Options": {"o": "bind", "device": "/"}}}}]}}',
      "volume driver options"),
+    # Found by fuzz/fuzz_body.py: Go decodes a repeated array into the first one's
+    # elements, so the DriverConfig survives the second, harmless-looking Mounts.
+    (b'{"HostConfig": {"Mounts": [{"Type": "volume", "Target": "/h", "VolumeOptions":'
+     b' {"DriverConfig": {"Name": "local", "Options": {"o": "bind", "device": "/"}}}}],'
+     b' "Mounts": [{"Type": "volume", "Target": "/h"}]}}', "volume driver options"),
+    (b'{"HostConfig": {"Binds": ["/:/host"], "Binds": [null]}}', "host bind mount"),
     (b'{"HostConfig": {"VolumesFrom": ["other"]}}', "another container's volumes"),
     (b'{"HostConfig": {"VolumeDriver": "sshfs"}}', "volume driver plugin"),
     (b'{"HostConfig": {"NetworkMode": "host"}}', "network namespace 'host'"),
@@ -196,3 +207,37 @@ def test_defaults_unknown_or_weakened_are_still_requests() -> None:
         "explicit /proc path masks (HostConfig.maskedpaths)"]
     assert bodies.create_violations(inspected_body(ReadonlyPaths=[]), ALL_CHECKS, v1)[0] == [
         "explicit /proc path masks (HostConfig.readonlypaths)"]
+
+
+class _DaemonConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(DOCKER_SOCKET)
+
+
+@pytest.mark.daemon
+def test_the_daemon_decodes_a_repeated_mounts_array_into_the_first_ones_elements(
+        docker_client: docker.DockerClient, busybox_image: str) -> None:
+    """The real daemon keeps the first Mounts' DriverConfig: why the inspector merges arrays."""
+    name = unique_name("merge")
+    body = json.dumps({"Image": busybox_image}).encode()[:-1] + (
+        b', "HostConfig": {"NetworkMode": "none", "Mounts": [{"Type": "volume", "Source":'
+        b' "' + name.encode() + b'", "Target": "/m", "VolumeOptions": {"DriverConfig":'
+        b' {"Name": "local", "Options": {"type": "tmpfs", "device": "tmpfs"}}}}],'
+        b' "Mounts": [{"Type": "volume", "Source": "' + name.encode() + b'", "Target": "/m"}]}}')
+    connection = _DaemonConnection("docker", timeout=30)
+    connection.request("POST", f"/containers/create?name={name}", body,
+                       {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 201, response.read()
+    response.read()
+    connection.close()
+    try:
+        mounts = docker_client.api.inspect_container(name)["HostConfig"]["Mounts"]
+    finally:
+        docker_client.api.remove_container(name, force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.api.remove_volume(name)
+    assert mounts[0]["VolumeOptions"]["DriverConfig"]["Name"] == "local"
+    assert bodies.create_violations(body, frozenset({"host-mounts"}))[0] == [
+        "volume driver options (HostConfig.Mounts[].VolumeOptions.DriverConfig)"]

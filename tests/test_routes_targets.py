@@ -87,6 +87,8 @@ def test_bad_target_answers_400_and_closes_with_a_docker_style_body() -> None:
     ("*", "asterisk-form"),
     ("http://docker:2375/containers/json?all=1", "send the origin form '/containers/json?all=1'"),
     ("http://docker:2375", "send the origin form '/'"),
+    # Found by fuzz/fuzz_target.py: urlsplit raised ValueError ("Invalid IPv6 URL").
+    ("http://[docker/containers/json", "send the origin form, a path starting with /"),
     ("docker:2375", "authority-form"),
     ("containers/json", "not origin-form"),
 ])
@@ -205,6 +207,17 @@ def test_encoded_delimiters_and_controls_are_rejected(raw: str, says: str) -> No
 ])
 def test_double_encoded_tricks_are_rejected(raw: str, says: str) -> None:
     """A component that decodes a second time must not see a different path either."""
+    assert says in rejection(raw)
+
+
+@pytest.mark.parametrize(("raw", "says"), [
+    # Found by fuzz/fuzz_target.py's invariant: "." after the third decoding.
+    ("/containers/%25252e%25252e/json", "repeatedly decoded path has a dot segment"),
+    ("/v1.41/containers/x/%2525252e/gw/restart", "repeatedly decoded path has a dot segment"),
+    ("/containers/x%2525252F..%2525252Fgw/restart", "encodes '/' in the path"),
+])
+def test_dot_segments_are_rejected_after_any_number_of_decodings(raw: str, says: str) -> None:
+    """Whoever decodes a third or fourth time must not find a dot segment the daemon never saw."""
     assert says in rejection(raw)
 
 

@@ -12,7 +12,8 @@ judges it, or refuses to judge it:
   older Go does not, so its meaning depends on the daemon's build); the last
   duplicate wins whatever its case,
   except that a repeated object merges into the first (Go decodes it into the
-  same struct);
+  same struct) and a repeated array decodes element by element into the first
+  one's elements (so an object in it merges too), cut to the new length;
 - ``null`` leaves a bool/string field as it was in Go, so a later ``null`` never
   hides an earlier value here (stricter than Go for slices, never looser);
 - ``\\uXXXX`` escapes are decoded by the JSON parser before names are compared;
@@ -73,12 +74,23 @@ def _fold(key: str) -> str:
 def _set(target: dict[str, Any], key: str, value: Any) -> None:
     if value is None and key in target:
         return
-    old = target.get(key)
+    target[key] = _merge(target.get(key), value)
+
+
+def _merge(old: Any, value: Any) -> Any:
+    """``value`` decoded over ``old``, the value an earlier duplicate field left."""
     if isinstance(value, dict) and isinstance(old, dict):
         for inner_key, inner_value in value.items():
             _set(old, inner_key, inner_value)
-        return
-    target[key] = value
+        return old
+    if isinstance(value, list) and isinstance(old, list):
+        # Go's decoder fills a repeated array INTO the elements the first one left
+        # (decodeState.array never zeroes them), then cuts the length: a second
+        # "Mounts": [{"Type": "volume"}] keeps the first one's VolumeOptions.
+        merged = [_merge(earlier, item) if item is not None else earlier
+                  for earlier, item in zip(old, value, strict=False)]
+        return merged + value[len(merged):]
+    return value
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -10,7 +10,9 @@ translated into this tree at the boundary where they happen.
     └── HTTPError                   has .status and .message, rendered by .body()
         ├── ProtocolError      400  malformed HTTP framing; the connection is closed
         │   ├── HeadersTooLarge 431
-        │   └── BodyTooLarge    413
+        │   ├── BodyTooLarge    413
+        │   └── RequestTimeout  408  the client stopped sending its request
+        ├── Overloaded         503  more client connections than --max-connections
         ├── BadTarget          400  non-canonical or unparseable request target
         ├── Denied             403  the policy said no
         ├── NoRoute            404  not an Engine API route (never forwarded)
@@ -59,6 +61,15 @@ class HeadersTooLarge(ProtocolError):
 
 class BodyTooLarge(ProtocolError):
     status = 413
+
+
+class RequestTimeout(ProtocolError):
+    status = 408
+
+
+class Overloaded(HTTPError):
+    status = 503
+    close_connection = True
 
 
 class BadTarget(HTTPError):

@@ -56,6 +56,14 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _CHUNK_SIZE: Final = re.compile(
     rb"([0-9A-Fa-f]{1,16})(?:;" + _TOKEN + rb'(?:=(?:' + _TOKEN + rb'|"[^"\r\n]*"))?)*'
 )
+# A trailer field: a token name, a value without control bytes but HTAB (RFC 9110 5.5).
+_TRAILER_FIELD: Final = re.compile(_TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*")
+# Response heads from the daemon: a token name, a value (and a reason phrase) without
+# control bytes but HTAB; the status three digits from 100 to 599 (RFC 9112 4, 5;
+# RFC 9110 15).
+_FIELD_NAME: Final = re.compile(_TOKEN)
+_FIELD_VALUE: Final = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
+_FRAMING_FIELDS: Final = frozenset({b"transfer-encoding", b"content-length", b"trailer"})
 _BARE_LF: Final = re.compile(rb"(?<!\r)\n")
 _NOT_PRINTABLE: Final = re.compile(rb"[^\x21-\x7e]")  # a target is visible ASCII only
 _MAX_CHUNK_LINE: Final = 4096  # a size line longer than this is not a Docker client
@@ -135,7 +143,7 @@ class ResponseHead:
     def headers(self) -> Headers:
         """The fields as received, original case."""
         if self._headers is None:
-            self._headers = [(name, value.strip()) for name, _, value in
+            self._headers = [(name, value.strip(b" \t")) for name, _, value in
                              (line.partition(b":") for line in self.fields.split(b"\r\n")[:-1])]
         return self._headers
 
@@ -295,8 +303,11 @@ class _ChunkedDecoder:
                 self._state = "done"
                 return END, pos
             self._trailer_bytes += len(line) + 2
-            if self._trailer_bytes > self._max_trailer or b":" not in line or line[:1] in b" \t":
+            if self._trailer_bytes > self._max_trailer or not _TRAILER_FIELD.fullmatch(line):
                 raise self._error("invalid chunked body: bad trailer section")
+            # Framing fields in a trailer: Go's net/http refuses them, so does h11.
+            if line.split(b":", 1)[0].lower() in _FRAMING_FIELDS:
+                raise self._error("invalid chunked body: framing field in the trailer")
 
 
 class RequestReader:
@@ -381,7 +392,8 @@ class RequestReader:
         pos = self._pos
         end = buf.find(b"\r\n\r\n", pos)
         if end < 0:
-            if _BARE_LF.search(buf, pos):
+            # (The look-behind must not see the byte before pos: the last body's.)
+            if buf.startswith(b"\n", pos) or _BARE_LF.search(buf, pos):
                 raise ProtocolError("malformed request: bare LF line ending")
             if len(buf) - pos > self.max_header_bytes:
                 raise HeadersTooLarge(
@@ -393,8 +405,12 @@ class RequestReader:
         raw = buf[pos:end + 4]
         # Substring counts instead of the regexes: same tests, half the cost per request.
         # Every LF belongs to a CRLF exactly when there are as many CRLFs as LFs.
-        if raw.count(b"\n") != raw.count(b"\r\n"):
+        crlf = raw.count(b"\r\n")
+        if raw.count(b"\n") != crlf:
             raise ProtocolError("malformed request: bare LF line ending")
+        if raw.count(b"\r") != crlf:
+            # llhttp skips a bare CR before the request line; nothing after it would.
+            raise ProtocolError("malformed request: bare CR in the head")
         if raw == self._last_raw and self._last_head is not None:
             # A keep-alive client repeating itself (a poller, a health check): the
             # head is a pure function of its bytes, parsed once.
@@ -402,6 +418,11 @@ class RequestReader:
         else:
             if b"\r\n " in raw or b"\r\n\t" in raw:
                 raise ProtocolError("malformed request: obsolete line folding in a header")
+            # RFC 9112 3: method SP request-target SP HTTP-version, one space each. llhttp
+            # lets "GET  / HTTP/1.1" through; Go's net/http reads it as another target.
+            if raw.count(b" ", 0, raw.find(b"\r\n")) != 2:
+                raise ProtocolError("malformed request line: expected METHOD SP TARGET SP "
+                                    "HTTP/1.1 with single spaces")
             head = self._parse_head(raw)
             self._last_raw, self._last_head = raw, head
         self._pos = end + 4
@@ -516,10 +537,10 @@ class _UpstreamFramingError(UpstreamError):
         super().__init__(f"dockgate: the daemon sent an {message}")
 
 
-# A field block whose every line is NAME:VALUE with a name that neither starts nor
-# ends with whitespace, no bare CR or LF: what the fast head path accepts. Anything
-# else takes the field-by-field path, which names the problem.
-_FIELD_LINES: Final = re.compile(rb"(?:[^:\s](?:[^:\r\n]*[^:\s])?:[^\r\n]*\r\n)*")
+# A field block whose every line is ``token: value`` with no control bytes but HTAB
+# in the value: what the fast head path accepts. Anything else takes the
+# field-by-field path, which names the problem.
+_FIELD_LINES: Final = re.compile(rb"(?:" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 # The hop-by-hop field names at the start of a line of the lowercased field block
 # (with a line break prepended), for the fast head path.
 _HOP_NAMES: Final = re.compile(rb"\n(connection|content-length|keep-alive|proxy-[^:]*|te|"
@@ -588,10 +609,10 @@ class ResponseReader:
             state = self._state
             if state == "head":
                 end = buf.find(b"\r\n\r\n", pos)
+                if (end if end >= 0 else len(buf)) - pos > self.MAX_HEAD:
+                    # Also when the whole head came in one read (found by tests/test_faults).
+                    raise UpstreamError("dockgate: the daemon sent an oversized response head")
                 if end < 0:
-                    if len(buf) - pos > self.MAX_HEAD:
-                        raise UpstreamError("dockgate: the daemon sent an oversized "
-                                            "response head")
                     break
                 head = self._parse_head(buf[pos:end + 2])
                 pos = end + 4
@@ -644,6 +665,8 @@ class ResponseReader:
             return [END]
         if self._state in ("idle", "switched") and not self._buf:
             return []
+        if self._state == "head" and not self._buf:
+            raise UpstreamError("dockgate: the daemon closed the connection without answering")
         raise UpstreamError("dockgate: the daemon closed the connection in the middle of a "
                             "response")
 
@@ -679,13 +702,13 @@ class ResponseReader:
     def _parse_new_head(self, raw: bytes) -> ResponseHead:
         line_end = raw.find(b"\r\n")
         status_line = raw[:line_end].split(b" ", 2)
-        if len(status_line) < 2 or status_line[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        if len(status_line) < 2 or status_line[0] not in (b"HTTP/1.1", b"HTTP/1.0") \
+                or len(status_line[1]) != 3 or not status_line[1].isdigit():
             raise UpstreamError("dockgate: the daemon sent a malformed status line")
-        try:
-            status = int(status_line[1])
-        except ValueError:
-            raise UpstreamError("dockgate: the daemon sent a malformed status line") from None
+        status = int(status_line[1])
         reason = status_line[2] if len(status_line) > 2 else b""
+        if not 100 <= status <= 599 or not _FIELD_VALUE.fullmatch(reason):
+            raise UpstreamError("dockgate: the daemon sent a malformed status line")
         version = status_line[0][5:].decode()
         fields = raw[line_end + 2:]
         facts = _fast_fields(fields) if _FIELD_LINES.fullmatch(fields) else None
@@ -768,9 +791,9 @@ def _slow_fields(fields: bytes) -> _Facts:
     content_type = b""
     for line in fields.split(b"\r\n")[:-1]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
+        value = value.strip(b" \t")
+        if not sep or not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
             raise UpstreamError("dockgate: the daemon sent a malformed header")
-        value = value.strip()
         key = name.lower()
         if key not in HOP_BY_HOP and not key.startswith(b"proxy-"):
             if key == b"content-type" and not content_type:
@@ -803,6 +826,13 @@ def response_head(status: int, headers: Headers, reason: bytes | None = None) ->
     lines.extend(name + b": " + value for name, value in headers)
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
+
+
+def closing_answer(status: int, body: bytes) -> bytes:
+    """A whole response that ends the connection (an error answered before any request)."""
+    return response_head(status, [(b"Content-Type", b"application/json"),
+                                  (b"Content-Length", b"%d" % len(body)),
+                                  (b"Connection", b"close")]) + body
 
 
 def chunk_header(size: int) -> bytes:

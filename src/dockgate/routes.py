@@ -539,10 +539,10 @@ def parse_target(raw: str) -> Target:
 
     The path is percent-decoded once, like the daemon. The same structural rules
     (no dot segment, no empty segment, no encoded "/", "?", "#", "\\", controls or
-    non-ASCII) hold for the raw path, the path decoded once and the path decoded
-    twice: the daemon decodes once, but a component that decodes again must not
-    see a different path either. ``%2563`` stays allowed: once decoded it is the
-    literal ``%63``, which no route matches.
+    non-ASCII) hold for the raw path, the path decoded once, twice, and again until
+    decoding changes nothing: the daemon decodes once, but a component that decodes
+    again must not see a different path either. ``%2563`` stays allowed: once decoded
+    it is the literal ``%63``, which no route matches.
     """
     if raw == "":
         raise BadTarget("empty request target; expected an origin-form path like /version")
@@ -551,7 +551,11 @@ def parse_target(raw: str) -> Target:
                         "expected an origin-form path like /_ping")
     if not raw.startswith("/"):
         if "://" in raw:
-            parts = urlsplit(raw)
+            try:
+                parts = urlsplit(raw)
+            except ValueError:  # "Invalid IPv6 URL" (found by fuzz/fuzz_target.py)
+                raise BadTarget(f"absolute-form request target {raw!r}: send the origin "
+                                "form, a path starting with /") from None
             canonical = (parts.path or "/") + ("?" + parts.query if parts.query else "")
             raise BadTarget(f"absolute-form request target {raw!r}: send the origin form "
                             f"{canonical!r}")
@@ -590,6 +594,18 @@ def parse_target(raw: str) -> Target:
     if twice.count("/") != once.count("/"):
         raise BadTarget(f"request target {raw!r} double-encodes '/' (%252F) in the path")
     _check_decoded(twice, raw, "twice-decoded")
+    # And so on, however often a component decodes: %25252e is "." to the third one.
+    # Each decoding that changes the path shortens it, so this ends.
+    stage = twice
+    while "%" in stage:
+        again = _decode(stage, raw, "repeatedly decoded")
+        if again == stage:
+            break
+        if again.count("/") != stage.count("/"):
+            raise BadTarget(f"request target {raw!r} encodes '/' in the path (decoded "
+                            "repeatedly it is a '/')")
+        _check_decoded(again, raw, "repeatedly decoded")
+        stage = again
 
     version: str | None = None
     api_path = once

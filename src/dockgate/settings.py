@@ -186,6 +186,14 @@ TABLE: tuple[Setting, ...] = (
             "SECONDS"),
     Setting("idle_timeout", "DOCKGATE_IDLE_TIMEOUT", "--idle-timeout", _positive_float,
             120.0, "seconds an idle keep-alive client connection is kept", "SECONDS"),
+    Setting("body_timeout", "DOCKGATE_BODY_TIMEOUT", "--body-timeout", _positive_float,
+            60.0, "seconds a client may pause in the middle of a request body before it "
+            "is answered 408 and the request is dropped (the daemon never sees it "
+            "complete)", "SECONDS"),
+    Setting("max_connections", "DOCKGATE_MAX_CONNECTIONS", "--max-connections",
+            _positive_int, 16384, "client connections one process serves at once; one "
+            "more is answered 503 and closed (each costs two descriptors and a little "
+            "memory)", "N"),
     Setting("connect_timeout", "DOCKGATE_CONNECT_TIMEOUT", "--connect-timeout",
             _positive_float, 5.0, "seconds to connect to the daemon before answering 502",
             "SECONDS"),
@@ -240,6 +248,8 @@ class Settings:
     max_inspect_bytes: int
     header_timeout: float
     idle_timeout: float
+    body_timeout: float
+    max_connections: int
     connect_timeout: float
     shutdown_grace: float
     tls_cert: str | None

@@ -55,7 +55,7 @@ from dockgate.decision import (
     NeedFacts,
     Request,
 )
-from dockgate.errors import BodyTooLarge, HTTPError, ProtocolError
+from dockgate.errors import BodyTooLarge, HTTPError, Overloaded, ProtocolError, RequestTimeout
 from dockgate.settings import Settings
 from dockgate.shell import audit
 from dockgate.shell.forward import CONTINUE, ClientGoneError, Flight, upstream_head
@@ -140,6 +140,9 @@ class ClientConnection(asyncio.Protocol):
         self.streaming = False
         self.bytes_in = 0
         self.bytes_out = 0
+        self.relays_eof = False    # a plain request is waiting for its answer: see attach
+        self.overloaded = False    # past --max-connections: answered 503, never served
+        self._timed_out = False    # the body inactivity deadline passed
         self.linger = False        # answered a request without reading its body: see _linger
         self.lingering = False     # discarding what the client still sends, before closing
         self._record: audit.RequestRecord | None = None
@@ -169,9 +172,31 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=1 << 20, low=1 << 18)
         self.client = client_for(self.listener, transport)
         self.tag = audit.connection_prefix(self.listener.url, self.client.describe())
+        if len(self.proxy.connections) >= self.settings.max_connections:
+            self._refuse_overloaded(transport)
+            return
         self.proxy.connections.add(self)
         metrics.ACTIVE_CONNECTIONS.inc()
         self._advance()
+
+    def _refuse_overloaded(self, transport: asyncio.Transport) -> None:
+        """Past --max-connections: a 503 at once, a gentle close, and no task spent on it.
+
+        The answer goes out before the request arrives (clients read it as the answer to
+        their first request); what the client sends is discarded until it closes, or
+        LINGER_SECONDS at the most, so it reads the 503 instead of a reset.
+        """
+        self.overloaded = True
+        self.lingering = True
+        error = Overloaded(f"dockgate: more than {self.settings.max_connections} client "
+                           "connections at once; try again later, or raise "
+                           "DOCKGATE_MAX_CONNECTIONS")
+        transport.write(http1.closing_answer(error.status, error.body()))
+        if transport.can_write_eof():
+            with contextlib.suppress(RuntimeError, OSError):
+                transport.write_eof()
+        self._loop.call_later(LINGER_SECONDS, transport.close)
+        audit.write("connection.refused", self.tag, status=error.status, reason=error.message)
 
     def data_received(self, data: bytes) -> None:
         if self.session is not None:
@@ -188,6 +213,8 @@ class ClientConnection(asyncio.Protocol):
         self._advance()
 
     def eof_received(self) -> bool:
+        if self.overloaded:
+            return False
         if self.session is not None:
             self.session.client_eof()
             return True
@@ -202,12 +229,18 @@ class ClientConnection(asyncio.Protocol):
             # open until the next event fails to be written.
             self.abort()
             return False
+        flight = self._flight
+        if self.relays_eof and self.upstream is not None and flight is not None \
+                and flight.body_done:
+            self.upstream.write_eof()  # see attach
         if not self.busy:
             self._advance()
-        # Keep our write side open for the response (TLS cannot half-close).
-        return self.listener.kind != "tls"
+        # Keep our write side open for the response (tls:// too: see tlsstream).
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.overloaded:
+            return
         self.lost = True
         self.busy_plain = False
         self.proxy.connections.discard(self)
@@ -421,7 +454,11 @@ class ClientConnection(asyncio.Protocol):
         if self._waiting_for == kind:
             return
         self._waiting_for = kind
-        delay = self.settings.idle_timeout if kind == "idle" else self.settings.header_timeout
+        self._arm(self.settings.idle_timeout if kind == "idle"
+                  else self.settings.header_timeout)
+
+    def _arm(self, delay: float) -> None:
+        """Move the deadline of what is being waited for to ``delay`` from now."""
         # One timer per connection, not one per request: moving the deadline is a
         # float store, and the timer is re-armed only when it fires early or must fire
         # sooner. A keep-alive client sending thousands of requests a second would
@@ -439,11 +476,16 @@ class ClientConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         deadline = self._deadline
-        if deadline is None or self.lost or self.busy:
+        if deadline is None or self.lost:
             return
         loop = self._loop
         if loop.time() < deadline:
             self._timer = loop.call_at(deadline, self._on_timer)
+        elif self._waiting_for == "body":
+            self._timed_out = True
+            self._wake()
+        elif self.busy:
+            return
         elif self._waiting_for == "header":
             self._refuse_framing(408, "request head not received in time")
         else:
@@ -615,10 +657,29 @@ class ClientConnection(asyncio.Protocol):
             self.write(CONTINUE)
         parts: list[bytes] = []
         while not self._read_buffered_body(parts, limit):
-            if self.lost or self.eof:
-                raise ClientGoneError
-            await self._wait()
+            await self._more_body()
+        self._body_arrived()
         return b"".join(parts)
+
+    async def _more_body(self) -> None:
+        """Wait for more of the request body: at most ``body_timeout`` of silence."""
+        if self.lost or self.eof:
+            raise ClientGoneError
+        if self._timed_out:
+            self._body_arrived()
+            raise RequestTimeout(
+                f"dockgate: no request body bytes for {self.settings.body_timeout:g} s; "
+                "the request was dropped (DOCKGATE_BODY_TIMEOUT)")
+        # The inactivity deadline runs only while waiting for the client: time the
+        # daemon takes to read (drain) is not the client's.
+        self._waiting_for = "body"
+        self._arm(self.settings.body_timeout)
+        await self._wait()
+
+    def _body_arrived(self) -> None:
+        self._waiting_for = ""
+        self._deadline = None
+        self._timed_out = False
 
     def _prefetch_body(self) -> list[http1.Data | http1.EndOfMessage]:
         """Frame the body bytes already received, so bad framing is refused before forwarding."""
@@ -673,22 +734,28 @@ class ClientConnection(asyncio.Protocol):
     async def next_body_event(self) -> http1.Data | http1.EndOfMessage:
         while True:
             event = self.reader.next_event()
-            if isinstance(event, http1.Data):
-                self.bytes_in += len(event.data)
+            if isinstance(event, http1.Data | http1.EndOfMessage):
+                if isinstance(event, http1.Data):
+                    self.bytes_in += len(event.data)
+                self._body_arrived()
                 return event
-            if isinstance(event, http1.EndOfMessage):
-                return event
-            if self.lost or self.eof:
-                raise ClientGoneError
-            await self._wait()
+            await self._more_body()
 
-    def attach(self, conn: UpstreamConnection | None, streaming: bool) -> None:
+    def attach(self, conn: UpstreamConnection | None, stream: routes.Stream | None) -> None:
         self.upstream = conn
-        self.streaming = streaming
+        self.streaming = stream is routes.Stream.STREAM
+        # A client that half-closes while it waits for a plain answer: the daemon gets
+        # the same half-close once the body is all sent (Go's server then cancels the
+        # request; a fast answer still comes back). A client that left for good thus
+        # frees the daemon connection too, instead of holding it for a stalled daemon.
+        self.relays_eof = stream is routes.Stream.PLAIN
         if conn is not None and self._write_paused:
             conn.pause_reading()  # the client is still behind on an earlier response
-        if streaming and self.eof:
+        if self.streaming and self.eof:
             self.abort()  # see eof_received: the follower already left
+        elif self.relays_eof and self.eof and conn is not None and self._flight is not None \
+                and self._flight.body_done:
+            conn.write_eof()
 
     def landed(self, keep: bool, status: int) -> None:
         self._flight = None

@@ -39,6 +39,10 @@ class Origin(Downstream, Protocol):
     @property
     def lost(self) -> bool: ...
 
+    @property
+    def eof(self) -> bool:
+        """The client has half-closed its side."""
+
     def write(self, data: bytes) -> None:
         """Write to the client (the interim 100 Continue)."""
 
@@ -48,8 +52,8 @@ class Origin(Downstream, Protocol):
     async def next_body_event(self) -> http1.Data | http1.EndOfMessage:
         """The client's next body bytes, or its end; ClientGoneError or ProtocolError."""
 
-    def attach(self, conn: UpstreamConnection | None, streaming: bool) -> None:
-        """The daemon connection now carrying this request (None: none any more)."""
+    def attach(self, conn: UpstreamConnection | None, stream: routes.Stream | None) -> None:
+        """The daemon connection now carrying a request of this kind (None: none now)."""
 
     def landed(self, keep: bool, status: int) -> None:
         """Relayed; ``keep``: the connection may carry the client's next request."""
@@ -164,7 +168,7 @@ class Flight:
             else:
                 self.streaming_body = True
                 origin.spawn(self._stream_body(conn))
-        origin.attach(conn, self.stream == routes.Stream.STREAM)
+        origin.attach(conn, self.stream)
 
     async def _stream_body(self, conn: UpstreamConnection) -> None:
         """Relay a request body as it arrives (the daemon's pace: ``drain``)."""
@@ -184,16 +188,20 @@ class Flight:
         except (ProtocolError, ClientGoneError) as error:
             self.streaming_body = False
             conn.abort()
-            self.origin.attach(None, False)
+            self.origin.attach(None, None)
             exchange = self.exchange
             if isinstance(error, ProtocolError) and exchange is not None \
                     and not exchange.started:
-                self.origin.refused(error.status, f"dockgate: {error.message}", True)
+                message = (error.message if error.message.startswith("dockgate: ")
+                           else f"dockgate: {error.message}")
+                self.origin.refused(error.status, message, True)
                 return
             self.origin.broken(400 if isinstance(error, ProtocolError) else 499)
             return
         self.streaming_body = False
         self.body_done = True
+        if self.origin.eof and self.stream is routes.Stream.PLAIN:
+            conn.write_eof()  # the client half-closed after its body: see Origin.attach
         if self.outcome is not None:
             self._settle()
 
@@ -216,7 +224,7 @@ class Flight:
             conn.abort()
             self.start()
             return
-        origin.attach(None, False)
+        origin.attach(None, None)
         if outcome == "lost":
             metrics.count_upstream_error("lost")
             conn.abort()
@@ -228,8 +236,8 @@ class Flight:
             conn.abort()
             origin.broken(exchange.status)
             return
-        if exchange.upstream_reusable and self.body_done:
-            origin.pool.release(conn)
+        if exchange.upstream_reusable and self.body_done and not origin.eof:
+            origin.pool.release(conn)  # (after a half-close the daemon got one too)
         else:
             conn.close()
         origin.landed(exchange.keep_alive and self.body_done, exchange.status)

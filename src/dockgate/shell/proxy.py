@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import uvloop
 
-from dockgate import admin, learnlog, metrics, systemd
+from dockgate import admin, learnlog, metrics, systemd, tlsstream
 from dockgate.decision import Decider
 from dockgate.errors import ConfigError
 from dockgate.settings import Settings
@@ -73,12 +73,16 @@ class Proxy:
             def factory(listener: Listener = entry.listener) -> ClientConnection:
                 return ClientConnection(self, listener)
 
+            serving: Callable[[], asyncio.Protocol] = factory
+            if entry.context is not None:
+                # dockgate's own TLS transport: it can half-close (see tlsstream).
+                serving = tlsstream.server_factory(entry.context, factory,
+                                                   self.settings.header_timeout)
             for sock in entry.sockets:
                 if entry.listener.kind == "unix":
-                    server = await loop.create_unix_server(factory, sock=sock, backlog=1024)
+                    server = await loop.create_unix_server(serving, sock=sock, backlog=1024)
                 else:
-                    server = await loop.create_server(factory, sock=sock, ssl=entry.context,
-                                                      backlog=1024)
+                    server = await loop.create_server(serving, sock=sock, backlog=1024)
                 self.servers.append(server)
 
     def reload(self, build: Callable[[], Decider]) -> None:

@@ -148,9 +148,15 @@ class Exchange:
                 self._fail("dockgate: the daemon switched protocols for a request that "
                            "did not ask for it")
                 return
+            switched_to = response.get(b"upgrade")
+            if not switched_to:
+                # RFC 9110 15.2.2: a 101 names the protocol it switches to. Without it
+                # the bytes that follow are of no known protocol: never relay them.
+                self._fail("dockgate: the daemon answered 101 Switching Protocols "
+                           "without an Upgrade header")
+                return
             headers = response.end_to_end  # this response's own list, free to extend
-            headers += [(b"Connection", b"Upgrade"),
-                        (b"Upgrade", response.get(b"upgrade") or self.upgrade)]
+            headers += [(b"Connection", b"Upgrade"), (b"Upgrade", switched_to)]
             self._switch(response, headers)
             return
         if (self.stream == routes.Stream.HIJACK and status == 200
