@@ -1,20 +1,40 @@
 # dockgate container image, built offline by scripts/build-image:
 #   - BASE is a local image with python3 and python3-venv (scripts/build-image makes
 #     dockgate-test/python-base with debootstrap); nothing is pulled;
-#   - the build context holds a wheelhouse of dockgate and its dependencies, built on
-#     the host with `pip wheel`; the RUN steps install from it with --no-index.
+#   - the build context holds dockgate's source and a wheelhouse of its dependencies
+#     for the BASE image's own Python (scripts/build-image asks it for its version and
+#     platform and downloads matching binary wheels), so any host Python works;
+#   - the builder stage builds dockgate's wheel and the virtual environment with that
+#     Python, --no-index (no network needed); the final stage copies the venv.
 # Runs as uid 10001. To reach /var/run/docker.sock (root:docker, mode 660) the
 # container needs the socket's group: `group_add: ["<gid of the socket>"]` in compose,
 # `--group-add "$(stat -c %g /var/run/docker.sock)"` with docker run (docs/mcp-gateway.md).
 ARG BASE=dockgate-test/python-base
-FROM ${BASE}
+FROM ${BASE} AS builder
+# scripts/build-image removes this stage's leftover image by this label.
+LABEL dockgate.stage=builder
 
 COPY wheelhouse/ /tmp/wheelhouse/
+COPY source/ /tmp/source/
 RUN python3 -m venv /opt/dockgate \
-    && /opt/dockgate/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \
-        --find-links /tmp/wheelhouse dockgate \
-    && rm -rf /tmp/wheelhouse \
-    && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+    && /opt/dockgate/bin/pip wheel --quiet --no-index --no-cache-dir \
+        --disable-pip-version-check --find-links /tmp/wheelhouse --wheel-dir /tmp/wheelhouse \
+        --no-deps /tmp/source \
+    && /opt/dockgate/bin/pip install --quiet --no-index --no-cache-dir \
+        --disable-pip-version-check --find-links /tmp/wheelhouse dockgate
+
+FROM ${BASE}
+ARG VERSION=unknown
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="dockgate" \
+      org.opencontainers.image.description="A least-privilege proxy for the Docker Engine API" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
+
+COPY --from=builder /opt/dockgate/ /opt/dockgate/
+COPY LICENSE /opt/dockgate/LICENSE
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin dockgate
 COPY healthcheck.py /opt/dockgate/healthcheck.py
 

@@ -3,6 +3,7 @@
     python bench/run.py                 # about 3 minutes
     python bench/run.py --duration 10   # longer, steadier numbers
     python bench/run.py --daemon /var/run/docker.sock   # also the real-daemon section
+    python bench/run.py --learn         # the recorder's cost: dockgate --learn on vs off
 
 A fast upstream (nginx on a unix socket, also on a loopback TCP port for the 'direct'
 baseline, which wrk needs) serves ``/_ping``, a small ``/containers/json`` and a 1 GiB
@@ -23,6 +24,11 @@ connections. Direct there means HAProxy in TCP mode (no HTTP parsing) in front o
 daemon's unix socket, since wrk speaks TCP only. The containers are removed afterwards.
 
 Results: a table on stdout, and JSON plus Markdown in bench/results/ (gitignored).
+
+With ``--learn`` only dockgate runs, twice side by side (interleaved, ``--rounds`` times):
+without and with ``--learn FILE``, on ``/_ping``, ``/containers/json`` and an inspect
+``/containers/bench/json`` (a request naming a container, for which learn mode first asks
+the daemon which container it is), and the table gives learn-on/learn-off per row.
 
 Nothing here is a pytest test: the numbers depend on the machine.
 """
@@ -53,7 +59,11 @@ STREAM_BYTES = 1 << 30
 STREAM_RUNS = 3
 CONTAINERS_JSON = json.dumps([{"Id": "0" * 64, "Names": ["/bench"], "Image": "busybox",
                                "State": "running", "Status": "Up 1 second"}])
+INSPECT_JSON = json.dumps({"Id": "0" * 64, "Name": "/bench",
+                           "Config": {"Image": "busybox", "Labels": {"app": "bench"}}})
 TARGETS = ("direct", "haproxy", "dockgate")
+LEARN_TARGETS = ("learn-off", "learn-on")
+LEARN_PATHS = ("/_ping", "/containers/json", "/containers/bench/json")
 
 NGINX_CONFIG = """\
 # Upstream for bench/run.py: answers like a fast daemon, on a unix socket and on TCP.
@@ -78,6 +88,10 @@ http {{
         location = /containers/json {{
             default_type application/json;
             return 200 '{containers_json}';
+        }}
+        location = /containers/bench/json {{
+            default_type application/json;
+            return 200 '{inspect_json}';
         }}
         location = {stream_path} {{
             default_type application/x-tar;
@@ -442,6 +456,87 @@ def daemon_section(socket_path: str, work: Path, env: dict[str, str],
     return loads, note
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def learn_table(loads: list[Load]) -> list[str]:
+    """learn-on vs learn-off per path and connection count (medians over the rounds)."""
+    lines = ["| path | conns | learn off req/s | learn on req/s | on/off | p50 ms off/on | "
+             "p99 ms off/on |", "|---|---:|---:|---:|---:|---|---|"]
+    for path, connections in sorted({(load.path, load.connections) for load in loads}):
+        rows = {target: [load for load in loads if (load.target, load.path, load.connections)
+                         == (target, path, connections)] for target in LEARN_TARGETS}
+        off, on = (median([load.requests_per_s for load in rows[t]]) for t in LEARN_TARGETS)
+        p50 = " / ".join(f"{median([load.p50_ms for load in rows[t]]):.2f}"
+                         for t in LEARN_TARGETS)
+        p99 = " / ".join(f"{median([load.p99_ms for load in rows[t]]):.2f}"
+                         for t in LEARN_TARGETS)
+        lines.append(f"| {path} | {connections} | {off:,.0f} | {on:,.0f} | "
+                     f"{ratio(on, off):.2f}x | {p50} | {p99} |")
+    return lines
+
+
+def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str, str],
+               argv: list[str] | None) -> int:
+    """``--learn``: dockgate with and without --learn, interleaved, same upstream."""
+    loads: list[Load] = []
+    with tempfile.TemporaryDirectory(prefix="dockgate-bench-") as tmp:
+        work = Path(tmp)
+        (work / "stream.bin").touch()
+        os.chmod(work, 0o755)
+        ports = {target: free_port() for target in ("direct", *LEARN_TARGETS)}
+        (work / "nginx.conf").write_text(NGINX_CONFIG.format(
+            work=work, port=ports["direct"], containers_json=CONTAINERS_JSON,
+            inspect_json=INSPECT_JSON, stream_path=STREAM_PATH))
+        env = proxy_env({"LOG_LEVEL": args.log_level})
+        nginx = ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g",
+                 "daemon off;"]
+
+        def dockgate(target: str) -> list[str]:
+            command = [sys.executable, "-m", "dockgate", "serve", "--listen",
+                       f"tcp://127.0.0.1:{ports[target]}", "--upstream",
+                       f"unix://{work / 'upstream.sock'}", "--workers", str(args.workers)]
+            return command + (["--learn", str(work / "learn.jsonl")]
+                              if target == "learn-on" else [])
+
+        with (started(nginx, env, ports["direct"], work / "nginx.log"),
+              started(dockgate("learn-off"), env, ports["learn-off"], work / "off.log") as off,
+              started(dockgate("learn-on"), env, ports["learn-on"], work / "on.log") as on):
+            pids = {"learn-off": off.pid, "learn-on": on.pid}
+            for target in LEARN_TARGETS:
+                check(ports[target], "/containers/bench/json", INSPECT_JSON.encode())
+            for round_ in range(args.rounds):
+                for path in LEARN_PATHS:
+                    for count in connections:
+                        for target in LEARN_TARGETS:
+                            print(f"round {round_ + 1} wrk {target:<9} GET {path:<22} "
+                                  f"c={count:<3} {args.duration}s ...", end=" ", flush=True)
+                            load = wrk(target, ports[target], path, count, args.duration,
+                                       pids[target])
+                            loads.append(load)
+                            print(f"{load.requests_per_s:>9,.0f} req/s  p50 "
+                                  f"{load.p50_ms:.2f} ms {load.errors}", flush=True)
+        recorded = sum(1 for _ in (work / "learn.jsonl").open())
+    table = learn_table(loads)
+    print("\n" + "\n".join(table) + f"\n\n{recorded:,} learn records written")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    document = {"time": stamp, "command": command.strip(), "machine": info,
+                "duration_s": args.duration, "rounds": args.rounds,
+                "dockgate_workers": args.workers, "loads": [asdict(load) for load in loads],
+                "learn_records": recorded}
+    (RESULTS / f"learn-{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
+    (RESULTS / f"learn-{stamp}.md").write_text("\n".join(
+        [f"# dockgate --learn cost {stamp}", "", f"`{command.strip()}` on {info['nproc']} "
+         f"CPUs ({info['cpu']}); load average {info['loadavg_at_start']} at start.", "",
+         *table]) + "\n")
+    print(f"wrote {RESULTS / f'learn-{stamp}.json'} and .md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -460,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
                         "skipped when unset)")
     parser.add_argument("--sections", default="fast,daemon,stream",
                         help="comma-separated: fast (nginx upstream), daemon, stream")
+    parser.add_argument("--learn", action="store_true",
+                        help="measure the learn recorder instead: dockgate with and without "
+                        "--learn, interleaved")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="with --learn: interleaved rounds (medians are reported)")
     args = parser.parse_args(argv)
     connections = [int(c) for c in args.connections.split(",")]
     sections = set(args.sections.split(","))
@@ -472,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
           f"dockgate --workers {args.workers}", flush=True)
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
         print("warning: the machine is busy; numbers will be noisy", flush=True)
+    if args.learn:
+        return learn_main(args, connections, info, argv)
     loads: list[Load] = []
     daemon_loads: list[Load] = []
     streams: list[Stream] = []
@@ -484,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         ports = {target: free_port() for target in TARGETS}
         (work / "nginx.conf").write_text(NGINX_CONFIG.format(
             work=work, port=ports["direct"], containers_json=CONTAINERS_JSON,
-            stream_path=STREAM_PATH))
+            inspect_json=INSPECT_JSON, stream_path=STREAM_PATH))
         upstream = work / "upstream.sock"
         env = proxy_env({"LOG_LEVEL": args.log_level})
         nginx = ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g",

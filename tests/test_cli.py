@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dockgate import compat, policy
+from dockgate import __version__, compat, policy
 
 
 def dockgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -41,3 +41,19 @@ def test_policy_lint_names_the_line_and_the_fix(tmp_path: Path) -> None:
     assert linted.returncode == 1
     assert linted.stdout.startswith(f"{bad}:4: unknown operation 'container.restrat' (did you "
                                     "mean 'container.restart'?)")
+
+
+def test_both_commands_print_their_version() -> None:
+    """dockgate and dockgate-mcp-relay say which release they are (bug reports need it)."""
+    shown = dockgate("--version")
+    assert shown.stdout == f"dockgate {__version__}\n"
+    relay = subprocess.run([sys.executable, "-m", "mcprelay", "--version"], capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert relay.stdout == f"dockgate-mcp-relay {__version__}\n"
+
+
+def test_the_license_file_is_the_apache_license_pyproject_names() -> None:
+    """pyproject says Apache-2.0; the distribution carries the text."""
+    text = (Path(__file__).resolve().parent.parent / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text

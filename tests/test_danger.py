@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -187,3 +189,57 @@ def test_tecnativa_variables_beside_a_policy_are_named_as_ignored(tmp_path: Path
     path = write(tmp_path, UNCONSTRAINED_CREATE)
     report = run_dockgate("audit", "--policy", path, env={"EXEC": "1"}).stdout
     assert f"WARNING: EXEC is set but ignored: --policy {path} decides" in report
+
+
+LISTENER_POLICY = """\
+    policies:
+      p: {grants: [{allow: [system.ping]}]}
+    listeners:
+      "%s": p
+"""
+
+
+def test_a_listeners_key_that_names_no_listener_stops_serve(tmp_path: Path) -> None:
+    """A key copied in another spelling used to deny everything without a word."""
+    path = write(tmp_path, LISTENER_POLICY % "tcp://127.0.0.1:9")
+    url = f"tcp://127.0.0.1:{free_port()}"
+    served = run_dockgate("serve", "--listen", url, "--policy", path)
+    assert served.returncode == 2
+    assert served.stderr.strip().endswith(
+        f"{path}: listeners: tcp://127.0.0.1:9 matches no listener; dockgate listens on "
+        f"{url} (--listen / DOCKGATE_LISTEN): write the key as one of these")
+
+
+@pytest.mark.daemon
+def test_a_listeners_key_in_another_spelling_of_the_same_url_applies(
+        start_dockgate: StartDockgate, tmp_path: Path) -> None:
+    """Keys are compared normalised: case, IPv6 forms and the log's bracketed form match."""
+    port = free_port()
+    path = write(tmp_path, LISTENER_POLICY % f"TCP://127.0.0.1:{port}")
+    proxy = start_dockgate(port=port, args=["--policy", path])
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    connection.request("GET", "/_ping")
+    assert connection.getresponse().status == 200
+    connection.close()
+    assert policy.normalize_listener("tcp://[0:0::0]:2375") == "tcp://[::]:2375"
+
+
+def test_bind_errors_name_the_listener_and_the_fix(tmp_path: Path) -> None:
+    """errno 98 with the address; a regular file at the unix path is named as such."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        served = run_dockgate("serve", "--listen", f"tcp://127.0.0.1:{port}",
+                              "--upstream", f"unix://{DOCKER_SOCKET}")
+    assert served.returncode == 1
+    assert (f"cannot listen: tcp://127.0.0.1:{port}: port {port} is already in use by "
+            "another process (EADDRINUSE); stop it, or choose another port") in served.stderr
+    regular = tmp_path / "dockgate.sock"
+    regular.write_text("")
+    served = run_dockgate("serve", "--listen", f"unix://{regular}",
+                          "--upstream", f"unix://{DOCKER_SOCKET}")
+    assert served.returncode == 1
+    assert (f"cannot listen: unix://{regular}: {regular} is a regular file, not a socket: "
+            "dockgate replaces only stale sockets; remove it or choose another path"
+            ) in served.stderr

@@ -1,4 +1,4 @@
-"""The dockgate container image: built offline, non-root, healthy through its own ping.
+"""The dockgate container image: built offline for the base image's Python, non-root, healthy.
 
 scripts/build-image builds it (the debootstrap base is cached as an image after the
 first run). Every container here runs with ``--network none``: clients reach the
@@ -7,8 +7,10 @@ proxy over a unix socket in a bind-mounted directory, never over TCP.
 
 from __future__ import annotations
 
+import glob
 import http.client
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import docker
 import pytest
 
 from conftest import DOCKER_SOCKET, unique_name
+from dockgate import __version__
 
 # Building the image (debootstrap when the base is not cached) needs more than the default.
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(600)]
@@ -63,15 +66,62 @@ def wait_healthy(container: Any, timeout: float = 30.0) -> str:
         time.sleep(0.25)
 
 
+def other_python() -> str:
+    """A host Python of another minor version than the base image's 3.11, when there is one.
+
+    The wheelhouse must fit the base image's Python whatever the host runs; without a
+    second interpreter on the machine the build uses the test's own.
+    """
+    names = [shutil.which(f"python3.{minor}") for minor in (13, 12)]
+    names += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[23]*/bin/python")))
+    for name in names:
+        # A pyenv shim exists but may refuse to run: try it.
+        if name and subprocess.run([name, "-m", "pip", "--version"], capture_output=True,
+                                   check=False).returncode == 0:
+            return name
+    return sys.executable
+
+
+BUILD_LOG: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def image(docker_client: docker.DockerClient) -> str:
     """Build the image with the project's own script (the base image is reused if present)."""
     result = subprocess.run([str(ROOT / "scripts" / "build-image")], capture_output=True,
                             text=True, timeout=600, check=False,
-                            env={**os.environ, "DOCKGATE_IMAGE": IMAGE,
+                            env={**os.environ, "DOCKGATE_IMAGE": IMAGE, "PYTHON": other_python(),
                                  "DOCKER_HOST": f"unix://{DOCKER_SOCKET}"})
     assert result.returncode == 0, result.stdout + result.stderr
+    BUILD_LOG.append(result.stdout)
     return IMAGE
+
+
+def test_the_wheelhouse_fits_the_base_image_s_python_not_the_host_s(
+        docker_client: docker.DockerClient, image: str) -> None:
+    """build-image asks the base image for its Python and downloads wheels for it."""
+    inside = docker_client.containers.run(
+        image, ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        entrypoint="/opt/dockgate/bin/python", network_mode="none",
+        name=unique_name("relay-imgpy"), remove=True).decode().strip()
+    host = subprocess.run([other_python(), "-V"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert f"build-image: wheels for CPython {inside} (cp{inside.replace('.', '')}" in \
+        BUILD_LOG[0]
+    assert f"host {host}" in BUILD_LOG[0]
+
+
+def test_the_image_carries_oci_labels_and_the_license(
+        docker_client: docker.DockerClient, image: str) -> None:
+    """Registries and scanners read these; the license text travels with the image."""
+    labels = docker_client.api.inspect_image(image)["Config"]["Labels"]
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    assert labels["org.opencontainers.image.title"] == "dockgate"
+    assert labels["org.opencontainers.image.version"] == __version__
+    text = docker_client.containers.run(image, ["/opt/dockgate/LICENSE"], entrypoint="cat",
+                                        network_mode="none", name=unique_name("relay-imglic"),
+                                        remove=True)
+    assert b"Apache License" in text
 
 
 @pytest.fixture

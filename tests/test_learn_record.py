@@ -8,6 +8,7 @@ be a secret (env values, commands, headers) may be.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from dockgate.errors import ConfigError
 pytestmark = pytest.mark.daemon
 
 
-def records(path: Path, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+def records(path: Path, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
     """The first ``count`` records, waiting for the writer (it writes once per loop turn)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -75,10 +76,29 @@ def test_learn_records_container_labels_and_create_features_without_secrets(
     assert start["container"] == {"name": name, "image": busybox_image,
                                   "labels": {"app": "learn-demo"}}
     exec_create = by_operation(found, "exec.create")[0]
-    assert exec_create["body"] == {"privileged": True, "user": "", "tty": False,
-                                   "stdin": False}
+    assert exec_create["body"] == {"classes": ["privileged", "root-user"], "privileged": True,
+                                   "user": "", "tty": False, "stdin": False}
     logs = by_operation(found, "container.logs")[0]
     assert logs["query"]["follow"] == ["false"]
+
+
+def test_learn_records_no_header_values(start_dockgate: StartDockgate,
+                                       tmp_path: Path) -> None:
+    """Registry credentials travel in a header: the recording never holds header values."""
+    recording = tmp_path / "headers.jsonl"
+    proxy = start_dockgate(args=["--learn", str(recording), "--learn-allow-all", "yes"])
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        connection.request("GET", "/_ping", headers={"X-Registry-Auth": "c2VjcmV0LXRva2Vu",
+                                                     "Authorization": "Bearer t0ken"})
+        assert connection.getresponse().read() == b"OK"
+    finally:
+        connection.close()
+    found = records(recording, 1)
+    assert found[0]["operation"] == "system.ping"
+    text = recording.read_text()
+    assert "c2VjcmV0LXRva2Vu" not in text
+    assert "t0ken" not in text
 
 
 def test_learn_under_a_policy_records_the_denials_with_their_reason(

@@ -47,7 +47,7 @@ def test_a_permission_error_names_the_socket_s_group(sockdir: Path) -> None:
 @pytest.mark.daemon
 def test_the_daemon_s_cgroupns_default_comes_from_its_cgroup_version(
         docker_client: docker.DockerClient) -> None:
-    """cgroup v1 daemons default to cgroupns host: a body restating it asks for nothing."""
+    """cgroup v1 hosts default to cgroupns host: the probe agrees with the daemon's /info."""
     problems, defaults = probe.daemon(settings.load(None, {"SOCKET_PATH": DOCKER_SOCKET}))
     assert problems == []
     version = docker_client.info()["CgroupVersion"]

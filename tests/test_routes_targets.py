@@ -22,9 +22,10 @@ def operation(method: str, raw: str) -> str | None:
     return None if match is None else match.operation
 
 
-def rejection(raw: str) -> str:
+def rejection(raw: str, method: str = "GET") -> str:
+    """Why the target is refused, whether parse_target or classify refuses it."""
     with pytest.raises(BadTarget) as caught:
-        parse_target(raw)
+        classify(method, parse_target(raw))
     return caught.value.message
 
 
@@ -186,17 +187,46 @@ def test_encoded_slashes_are_rejected(raw: str) -> None:
 
 
 @pytest.mark.parametrize(("raw", "says"), [
-    ("/containers/gw%3F/json", "'?'"),
-    ("/containers/gw%23/json", "'#'"),
+    ("/containers/gw%3F/json", "'?' in the container parameter"),
+    ("/containers/gw%23/json", "'#' in the container parameter"),
     ("/containers/gw%00/json", "U+0000"),
     ("/containers/gw%0a/json", "U+000A"),
-    ("/containers/gw%20x/json", "U+0020"),
-    ("/containers/gw%5c..%5cx/json", "'\\\\'"),
-    ("/images/caf%C3%A9/json", "non-ASCII"),
+    ("/networks/gw%0a", "U+000A"),
+    ("/networks/a%C2%85b", "U+0085"),
+    ("/networks/a%FFb", "not UTF-8"),
+    ("/containers/gw%20x/json", "U+0020 in the container parameter"),
+    ("/containers/gw%5c..%5cx/json", "'\\\\' in the container parameter"),
+    ("/images/caf%C3%A9/json", "'\u00e9' in the image parameter"),
+    ("/volumes/a%20b", "U+0020 in the volume parameter"),
+    ("/exec/a%20b/json", "U+0020 in the exec parameter"),
+    ("/plugins/a%20b/json", "U+0020 in the plugin parameter"),
+    ("/services/a%20b", "U+0020 in the service parameter"),
 ])
 def test_encoded_delimiters_and_controls_are_rejected(raw: str, says: str) -> None:
-    """Once decoded these end the path or the line in another component's eyes."""
+    """Controls never pass; spaces, non-ASCII, ? # \\ only where a name may hold them."""
     assert says in rejection(raw)
+
+
+@pytest.mark.parametrize(("method", "raw", "operation_", "name"), [
+    ("GET", "/v1.41/networks/peer%20dg%2001", "network.inspect", "peer dg 01"),
+    ("GET", "/networks/caf%C3%A9", "network.inspect", "caf\u00e9"),
+    ("POST", "/networks/a%3Fb/connect", "network.connect", "a?b"),
+    ("POST", "/networks/a%23b/disconnect", "network.disconnect", "a#b"),
+    ("DELETE", "/networks/a%5Cb", "network.delete", "a\\b"),
+    ("DELETE", "/networks/50%25%20off", "network.delete", "50% off"),
+])
+def test_network_names_may_hold_what_the_daemon_allows_in_them(
+        method: str, raw: str, operation_: str, name: str) -> None:
+    """docker network create 'peer dg 01' works on the daemon: inspect and rm must route."""
+    match = classify(method, parse_target(raw))
+    assert match is not None
+    assert (match.operation, match.params["network"]) == (operation_, name)
+
+
+def test_free_text_outside_any_parameter_is_no_route() -> None:
+    """A space in a literal part matches no route (the daemon's 404), it is not a name."""
+    assert classify("GET", parse_target("/x%20y")) is None
+    assert classify("GET", parse_target("/networks%20x")) is None
 
 
 @pytest.mark.parametrize(("raw", "says"), [
@@ -204,6 +234,9 @@ def test_encoded_delimiters_and_controls_are_rejected(raw: str, says: str) -> No
     ("/containers/x/%252e%252e/gw/restart", "dot segment"),
     ("/containers/gw%2500/json", "U+0000"),
     ("/containers/gw%253F/json", "'?'"),
+    # A network name too: a second decoding must not turn "%3F" into a "?".
+    ("/networks/a%253Fb", "twice-decoded path contains '?'"),
+    ("/networks/a%2520b%20c", "twice-decoded path contains U+0020"),
 ])
 def test_double_encoded_tricks_are_rejected(raw: str, says: str) -> None:
     """A component that decodes a second time must not see a different path either."""
@@ -317,6 +350,8 @@ def test_parse_target_either_parses_canonically_or_raises_bad_target(parts: list
      "/containers/gw/checkpoints/cp2"),
     # "%" is encoded, so the daemon (decoding once) sees the literal value.
     ("GET", "/containers/gw/json", "container", "x%41", "/containers/x%2541/json"),
+    ("POST", "/networks/n/connect", "network", "peer dg/caf\u00e9?#",
+     "/networks/peer%20dg/caf%C3%A9%3F%23/connect"),
 ])
 def test_with_param_rebuilds_the_target_with_one_parameter_replaced(
     method: str, raw: str, name: str, value: str, expected: str,
@@ -336,6 +371,7 @@ def test_with_param_rebuilds_the_target_with_one_parameter_replaced(
     ("GET", "/containers/gw/json", "container", ""),         # no object has no name
     ("GET", "/containers/gw/json", "container", "caf\u00e9"),  # non-ASCII
     ("GET", "/containers/gw/json", "container", "a b"),      # space
+    ("GET", "/networks/gw", "network", "a\nb"),            # a control, even in a network
     ("GET", "/containers/gw/json", "image", "busybox"),      # not a parameter of the route
     ("GET", "/debug/pprof/heap", "profile", "cmdline"),      # another route owns that name
 ])

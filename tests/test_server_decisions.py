@@ -365,6 +365,23 @@ def test_body_chosen_by_the_decider_is_forwarded_with_its_own_length(fake: FakeD
     assert forwarded.header("Transfer-Encoding") is None
 
 
+def test_a_body_replaced_without_reading_the_clients_is_an_internal_error(
+        fake: FakeDaemon) -> None:
+    """The client's unread body would be taken for the next request: never forward that."""
+
+    class Careless:
+        name = "careless"
+
+        def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
+            return Allow(rule="careless", body=b"{}")
+
+    with run_proxy(f"unix://{fake.path}", Careless()) as proxy:
+        reply = send(proxy.port, b"POST /volumes/create HTTP/1.1\r\nHost: d\r\n"
+                     b"Content-Length: 2\r\n\r\n{}", "POST", "/")
+    assert reply.status == 500
+    assert fake.received == b""
+
+
 def test_daemon_error_is_rewritten_by_the_error_answer(fake: FakeDaemon) -> None:
     """An error that could name another client's object reaches the client rewritten."""
     fake.on("GET", "/volumes/v3", answer_json({"message": "no such volume"}, 404))

@@ -27,7 +27,7 @@ import errno
 import socket
 from urllib.parse import urlsplit
 
-from dockgate import metrics
+from dockgate import liveview, metrics
 from dockgate.errors import ConfigError
 from dockgate.settings import Settings
 
@@ -110,6 +110,10 @@ class _Handler:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+            if liveview.enabled() and head.split(b" ", 2)[1:2] and \
+                    head.split(b" ", 2)[1].startswith(b"/live"):
+                await liveview.serve(head, writer)  # the live view's own answers
+                return
             status, kind, body = await self.answer(head)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
                 ConnectionError):

@@ -35,7 +35,24 @@ from typing import Any
 
 # The constraint names a policy can list under ``create: deny:``.
 CHECKS = ("privileged", "host-mounts", "host-namespaces", "capabilities", "devices",
-          "security-options", "root-user")
+          "security-options", "root-user", "log-drivers", "sysctls", "volumes")
+# ... and those that apply to volume.create (a grant's ``create: deny:`` covers both).
+VOLUME_CHECKS = ("driver-options", "volume-drivers")
+VOLUME_CHECKS_ALL = frozenset(VOLUME_CHECKS)
+# The constraint names a policy can list under ``exec: deny:``.
+EXEC_CHECKS = ("privileged", "root-user", "env", "tty", "stdin")
+# Log drivers that write where the daemon keeps its own files, with the options
+# that only shape those files (daemon/logger/jsonfilelog, local). Every other
+# driver (syslog, gelf, fluentd, splunk, awslogs...) connects out from the
+# daemon, in the HOST's network namespace: a container with --network none
+# reaches host-local services through it.
+_HARMLESS_LOG_OPTIONS = {
+    "": frozenset(),
+    "none": frozenset(),
+    "json-file": frozenset({"max-size", "max-file", "compress", "labels", "labels-regex",
+                            "env", "env-regex", "tag"}),
+    "local": frozenset({"max-size", "max-file", "compress"}),
+}
 
 # Both used with fullmatch: Python's "$" would also match before a trailing newline.
 # Docker's rule for named volumes (volume/local: validName without the length rule).
@@ -219,6 +236,39 @@ def _security_options(hc: dict[str, Any]) -> str | None:
     return None
 
 
+def _log_drivers(hc: dict[str, Any]) -> str | None:
+    config = hc.get("logconfig")
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise UnparseableError("HostConfig.LogConfig is not an object")
+    kind = _string(config.get("type"), "HostConfig.LogConfig.Type")
+    options = config.get("config")
+    if options is not None and not isinstance(options, dict):
+        raise UnparseableError("HostConfig.LogConfig.Config is not an object")
+    harmless = _HARMLESS_LOG_OPTIONS.get(kind)
+    if harmless is None:
+        return (f"log driver {kind!r} (HostConfig.LogConfig; it connects out from the "
+                "host's network namespace)")
+    # Keys are compared as parse() folded them; the daemon rejects a key in
+    # another case as an unknown option, so folding never lets one through.
+    for key in options or {}:
+        if key not in harmless:
+            return f"log option {key!r} of the {kind or 'default'} log driver"
+    return None
+
+
+def _sysctls(hc: dict[str, Any]) -> str | None:
+    value = hc.get("sysctls")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise UnparseableError("HostConfig.Sysctls is not an object")
+    if value:
+        return f"kernel parameters (HostConfig.Sysctls {', '.join(sorted(value))})"
+    return None
+
+
 _HOST_CONFIG_CHECKS: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "privileged": _privileged,
     "host-mounts": _host_mounts,
@@ -226,6 +276,8 @@ _HOST_CONFIG_CHECKS: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "capabilities": _capabilities,
     "devices": _devices,
     "security-options": _security_options,
+    "log-drivers": _log_drivers,
+    "sysctls": _sysctls,
 }
 
 
@@ -257,6 +309,34 @@ def start_problem(body: bytes) -> str | None:
     return None
 
 
+def named_volumes(body: bytes) -> tuple[list[str], bool]:
+    """The named volumes a create body mounts, and whether it uses ``VolumesFrom``.
+
+    ``Binds`` entries ``NAME:/path[:mode]`` whose source is a volume name, and
+    ``Mounts`` of type ``volume`` with a ``Source``; anonymous volumes (no name:
+    ``Config.Volumes``, a volume mount without ``Source``) are not listed. Raises
+    UnparseableError when the body cannot be judged.
+    """
+    doc = parse(body)
+    names: list[str] = []
+    volumes_from = False
+    for hc in _host_configs(doc):
+        for bind in _list(hc.get("binds"), "HostConfig.Binds"):
+            source = _string(bind, "HostConfig.Binds[]").split(":", 1)[0]
+            if _VOLUME_NAME.fullmatch(source) and source not in names:
+                names.append(source)
+        for mount in _list(hc.get("mounts"), "HostConfig.Mounts"):
+            if not isinstance(mount, dict):
+                raise UnparseableError("HostConfig.Mounts[] is not an object")
+            source = _string(mount.get("source"), "HostConfig.Mounts[].Source")
+            if _string(mount.get("type"), "HostConfig.Mounts[].Type") == "volume" \
+                    and source and source not in names:
+                names.append(source)
+        volumes_from = volumes_from or bool(
+            _list(hc.get("volumesfrom"), "HostConfig.VolumesFrom"))
+    return names, volumes_from
+
+
 @dataclass(frozen=True)
 class DaemonDefaults:
     """What the daemon at hand does for a create body that asks for nothing.
@@ -264,7 +344,7 @@ class DaemonDefaults:
     A body copied from ``docker inspect`` (Watchtower recreates containers that
     way) spells these defaults out; a value equal to the default asks for nothing
     more than an empty field would. The strict value (``cgroupns="private"``)
-    applies until the daemon was asked: ``serve`` reads /info at start.
+    applies until the host was checked: ``serve`` reads its cgroup version at start.
     """
 
     # Engine 20.10+: cgroupns is "host" by default on cgroup v1 hosts, "private" on v2.
@@ -302,7 +382,9 @@ def create_violations(body: bytes, deny: frozenset[str],
     """What a container-create body asks for that ``deny`` forbids, and its Image.
 
     Fields equal to what the daemon does anyway (``defaults``) ask for nothing.
-    Raises UnparseableError when the body cannot be judged.
+    The ``volumes`` check needs the daemon's facts about each named volume: the
+    policy applies it with ``named_volumes``. Raises UnparseableError when the
+    body cannot be judged.
     """
     doc = parse(body)
     problems: list[str] = []
@@ -318,3 +400,99 @@ def create_violations(body: bytes, deny: frozenset[str],
         if problem is not None:
             problems.append(problem)
     return problems, _string(doc.get("image"), "Image")
+
+
+def _command(value: Any) -> list[str]:
+    """``Cmd`` of an exec: Go's strslice takes a list of strings or one string."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [_string(item, "Cmd[]") for item in _list(value, "Cmd")]
+
+
+def _flag(doc: dict[str, Any], field: str) -> bool:
+    value = doc.get(field.lower())
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise UnparseableError(f"{field} is not a boolean")
+
+
+def exec_violations(body: bytes, deny: frozenset[str]) -> tuple[list[str], list[str]]:
+    """What an exec-create body asks for that ``deny`` forbids, and its command.
+
+    Read like a create body (Go's field folding, last duplicate wins). An empty
+    ``User`` runs as the container's user, root unless the image says otherwise:
+    only a numeric non-zero uid counts as not root. Raises UnparseableError when
+    the body cannot be judged.
+    """
+    doc = parse(body)
+    problems: list[str] = []
+    if "privileged" in deny and _flag(doc, "Privileged"):
+        problems.append("privileged mode (Privileged)")
+    if "root-user" in deny:
+        problem = _root_user(doc)
+        if problem is not None:
+            problems.append(problem)
+    if "env" in deny and _list(doc.get("env"), "Env"):
+        problems.append("environment variables (Env)")
+    if "tty" in deny and _flag(doc, "Tty"):
+        problems.append("a terminal (Tty)")
+    if "stdin" in deny and _flag(doc, "AttachStdin"):
+        problems.append("the exec's standard input (AttachStdin)")
+    return problems, _command(doc.get("cmd"))
+
+
+def volume_create(body: bytes, labels: dict[str, str]) -> tuple[str, str, bool, bytes]:
+    """A volume-create body rebuilt with ``labels`` set: (Name, Driver, has options, body).
+
+    The forwarded body is this function's own (``{"Name", "Driver",
+    "DriverOpts", "Labels"}``), so the daemon creates exactly what was judged:
+    the client's fields as Go reads them, with ``labels`` over any the client
+    sent. Other fields (``ClusterVolumeSpec`` is for swarm) are refused.
+    Raises UnparseableError when the body cannot be judged.
+    """
+    doc = _pairs_document(body) if body.strip() else {}
+    name = driver = ""
+    options: dict[str, str] = {}
+    given: dict[str, str] = {}
+    for key, value in doc.items():
+        field = _fold(key)
+        if field == "name":
+            name = _string(value, "Name")
+        elif field == "driver":
+            driver = _string(value, "Driver")
+        elif field in ("driveropts", "labels"):
+            if value is None:
+                continue
+            if not isinstance(value, dict) or not all(isinstance(v, str)
+                                                      for v in value.values()):
+                raise UnparseableError(f"{key} is not an object of strings")
+            (options if field == "driveropts" else given).update(value)
+        elif value is not None:  # docker/cli omits ClusterVolumeSpec unless swarm
+            raise UnparseableError(f"the volume create field {key!r} is not one dockgate "
+                                   "judges (Name, Driver, DriverOpts, Labels)")
+    rebuilt = {"Name": name, "Driver": driver, "DriverOpts": options,
+               "Labels": {**given, **labels}}
+    return name, driver, bool(options), json.dumps(rebuilt).encode()
+
+
+def volume_create_violation(deny: frozenset[str], driver: str, options: bool) -> str | None:
+    """What a volume create asks for that ``deny`` forbids, or None."""
+    if "volume-drivers" in deny and driver not in ("", "local"):
+        return f"the volume driver {driver!r} (a plugin)"
+    if "driver-options" in deny and options:
+        return ("volume driver options (DriverOpts; with the local driver, "
+                "o=bind,device=/ is a host bind mount)")
+    return None
+
+
+def _pairs_document(body: bytes) -> dict[str, Any]:
+    """The top-level object with its keys as sent (repeats: the last one kept)."""
+    try:
+        document = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise UnparseableError(f"the body is not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise UnparseableError("the body is not a JSON object")
+    return document

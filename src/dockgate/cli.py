@@ -21,10 +21,12 @@ from dockgate import (
     compat,
     danger,
     learnlog,
+    liveview,
     logs,
     metrics,
     policy,
     policy_learn,
+    policy_suggest,
     probe,
     settings,
 )
@@ -53,21 +55,34 @@ examples:
 
 
 def build_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
-    """The decider the settings and environment ask for (ConfigError if invalid).
-
-    In learn mode it is wrapped so that every request's container and body are
-    fetched for the recording; the verdicts stay those of the configured decider.
-    """
+    """The decider the settings and environment ask for (ConfigError if invalid)."""
     decider, warnings = _decider(config, env)
     for warning in warnings:
         log.warning("%s", warning)
-    return policy_learn.LearningDecider(decider) if config.learn else decider
+    return decider
+
+
+def serving_decider(config: settings.Settings, env: Mapping[str, str]) -> Decider:
+    """``build_decider``, and a policy's ``listeners:`` keys must name real listeners.
+
+    A key that matches no listener silently sends its clients to the default (or to
+    nothing): refuse it, naming the listeners there are (at start, and on reload).
+    """
+    decider = build_decider(config, env)
+    if isinstance(decider, policy.PolicyDecider):
+        unmatched = decider.unmatched_listeners(config.listeners)
+        if unmatched:
+            raise ConfigError(f"{decider.label}: listeners: {', '.join(unmatched)} "
+                              f"{'matches' if len(unmatched) == 1 else 'match'} no listener; "
+                              f"dockgate listens on {', '.join(config.listeners)} (--listen / "
+                              "DOCKGATE_LISTEN): write the key as one of these")
+    return decider
 
 
 def _decider(config: settings.Settings, env: Mapping[str, str]) -> tuple[Decider, list[str]]:
     if config.learn_allow_all:
-        return AllowAll(), [f"--learn-allow-all: forwarding EVERY request while recording "
-                            f"to {config.learn} (root on the host)"]
+        return AllowAll(), [f"--learn-allow-all: forwarding EVERY request while recording to "
+                            f"{config.learn} (root on the host)"]
     if config.policy:
         return policy.load_file(config.policy), []
     from_env = policy.from_env(env)
@@ -76,9 +91,11 @@ def _decider(config: settings.Settings, env: Mapping[str, str]) -> tuple[Decider
     return compat.decider_from_env(env, config.compat)
 
 
-def _configured(decider: Decider) -> Decider:
-    """The configured decider, without learn mode's wrapper."""
-    return decider.inner if isinstance(decider, policy_learn.LearningDecider) else decider
+def _learning(config: settings.Settings, decider: Decider) -> Decider:
+    """In learn mode (and for the live view), the decider wrapped so that every request's
+    container and body are fetched for the record; the verdicts stay those of ``decider``."""
+    return policy_learn.LearningDecider(decider) if config.learn or config.admin_live \
+        else decider
 
 
 def _announce(config: settings.Settings, env: Mapping[str, str], decider: Decider,
@@ -88,16 +105,15 @@ def _announce(config: settings.Settings, env: Mapping[str, str], decider: Decide
     ``defaults``: what the daemon does by default (from the startup probe), against
     which create bodies are judged.
     """
-    deciding = _configured(decider)
-    if isinstance(deciding, policy.PolicyDecider):
-        deciding.daemon_defaults = defaults
-    if isinstance(deciding, compat.TecnativaDecider):
+    if isinstance(decider, policy.PolicyDecider):
+        decider.daemon_defaults = defaults
+    if isinstance(decider, compat.TecnativaDecider):
         log.info("%s", compat.risk_report(env, config.compat, warnings=False).rstrip())
-    elif isinstance(deciding, policy.PolicyDecider):
-        log.info("%s", danger.policy_report(deciding, ()).rstrip())
-    for warning in danger.decider_dangers(deciding):
+    elif isinstance(decider, policy.PolicyDecider):
+        log.info("%s", danger.policy_report(decider, ()).rstrip())
+    for warning in danger.decider_dangers(decider):
         log.warning("%s", warning)
-    for warning in danger.exposure_warnings(config.listeners, deciding):
+    for warning in danger.exposure_warnings(config.listeners, decider):
         log.warning("%s", warning)
     return decider
 
@@ -133,8 +149,8 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                     verbose=logging.getLevelName(config.log_level) <= logging.INFO)
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
-    decider = build_decider(config, env)
-    for warning in env_warnings(config, env, _configured(decider)):
+    decider = serving_decider(config, env)
+    for warning in env_warnings(config, env, decider):
         log.warning("%s", warning)
     problems, defaults = probe.daemon(config)
     for warning in problems:
@@ -143,9 +159,10 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if config.learn:
         # Fail before serving when the recording cannot be written.
         learnlog.Recorder(config.learn, config.learn_max_bytes).close()
+    liveview.configure(config)
     try:
-        return proxy.run(config, decider, reload=lambda: _announce(
-            config, env, build_decider(config, env), defaults))
+        return proxy.run(config, _learning(config, decider), reload=lambda: _learning(
+            config, _announce(config, env, serving_decider(config, env), defaults)))
     finally:
         metrics.cleanup()
 
@@ -153,7 +170,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def cmd_audit(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = settings.load(args, env)
     decider, _warnings = _decider(config, env)
-    for warning in env_warnings(config, env, _configured(decider)):
+    for warning in env_warnings(config, env, decider):
         print(f"WARNING: {warning}")
     if isinstance(decider, policy.PolicyDecider):
         print(danger.policy_report(decider, config.listeners), end="")
@@ -179,6 +196,25 @@ def cmd_policy_lint(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if problems:
         return 1
     print(f"{args.file}: OK")
+    return 0
+
+
+def cmd_policy_suggest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        with open(args.file, encoding="utf-8") as handle:
+            recording = policy_suggest.read_recording(handle, args.file)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{args.file}: cannot read the recording ({error})") from None
+    base = policy.read_text(args.base) if args.base else None
+    suggestion = policy_suggest.suggest(recording, label=args.file, client=args.client,
+                                        base=base)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(suggestion.text)
+        print(f"{args.output}: written; check it with: dockgate policy lint {args.output}",
+              file=sys.stderr)
+    else:
+        print(suggestion.text, end="")
     return 0
 
 
@@ -245,6 +281,30 @@ def parser() -> argparse.ArgumentParser:
     lint = policy_sub.add_parser("lint", help="validate a policy file, with line numbers")
     lint.add_argument("file", metavar="FILE")
     lint.set_defaults(handler=cmd_policy_lint)
+    suggest = policy_sub.add_parser(
+        "suggest", help="write the least-privilege policy of a learn recording",
+        description="Read a recording of `dockgate serve --learn FILE` and write a policy "
+        "that allows what was recorded and nothing more: per client, the operations used, "
+        "the containers by shared labels or exact names, images by exact reference, "
+        "create constraints as tight as the recorded bodies allow. Each grant says how "
+        "many requests it covers and when, and DANGER where the workload needed host "
+        "access.",
+        epilog="examples:\n"
+        "  dockgate serve --learn rec.jsonl --learn-allow-all yes   # record a trusted run\n"
+        "  dockgate policy suggest rec.jsonl -o policy.yaml\n"
+        "  dockgate serve --learn rec.jsonl --policy policy.yaml     # observe mode\n"
+        "  dockgate policy suggest rec.jsonl --from policy.yaml      # add what it denied\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    suggest.add_argument("file", metavar="FILE", help="the --learn recording (JSON lines)")
+    suggest.add_argument("--client", default=None, metavar="SPEC",
+                         help="only this client: an IP address, uid=N, gid=N, cn=NAME, "
+                         "listener=URL, comma-separated (all parts must match)")
+    suggest.add_argument("--from", dest="base", default=None, metavar="POLICY",
+                         help="an existing policy file (or preset:NAME): keep it and add "
+                         "grants only for the requests it denied")
+    suggest.add_argument("-o", "--output", default=None, metavar="OUT",
+                         help="write the policy to OUT instead of standard output")
+    suggest.set_defaults(handler=cmd_policy_suggest)
     return top
 
 

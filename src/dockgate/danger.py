@@ -9,7 +9,7 @@ carries none of the constraints that keep that operation harmless. Constraints
 are recognised by the grant's attributes (``CONSTRAINTS``): ``create_deny`` must
 cover every check of ``ROOT_CREATE_CHECKS`` for ``container.create``; for the
 other operations any constraint attribute the policy model defines for them
-(``exec_deny`` for exec bodies, ``volume_deny`` for volume driver options) that is
+(``exec_rules`` for exec bodies, ``volume_deny`` for volume driver options) that is
 set marks the grant as judged. An attribute the model does not have yet counts as
 absent, so a grant is flagged until the model can constrain it.
 
@@ -27,6 +27,7 @@ from dockgate import compat
 from dockgate.decision import Decider
 from dockgate.hazards import CONSTRAINTS, DANGEROUS, ROOT, ROOT_CREATE_CHECKS
 from dockgate.policy_decider import CREATE_OPERATION, Grant, PolicyDecider
+from dockgate.policy_match import normalize_listener
 
 __all__ = ["DANGEROUS", "ROOT_CREATE_CHECKS", "allowed_note", "decider_dangers",
            "exposed", "exposure_warnings", "grant_dangers", "listener_report",
@@ -147,8 +148,8 @@ def _operations_on(decider: Decider, url: str) -> tuple[list[str], list[str]]:
     """What a client on listener ``url`` can reach: (operations, dangerous ones)."""
     if isinstance(decider, PolicyDecider):
         names = {rule.policy for rule in decider.clients
-                 if not rule.listeners or url in rule.listeners}
-        chosen = decider.listeners.get(url, decider.default)
+                 if not rule.listeners or normalize_listener(url) in rule.listeners}
+        chosen = decider.listeners.get(normalize_listener(url), decider.default)
         if chosen is not None:
             names.add(chosen)
         operations: set[str] = set()

@@ -39,7 +39,7 @@ DANGEROUS: dict[str, str] = {
 
 # Operation -> the grant attributes that, when set, mean its request bodies are judged.
 CONSTRAINTS: dict[str, tuple[str, ...]] = {
-    "exec.create": ("exec_deny",),
+    "exec.create": ("exec_rules",),
     "volume.create": ("volume_deny",),
 }
 

@@ -19,10 +19,12 @@ import json
 import logging
 import os
 import time
+from typing import Protocol
 
-from dockgate import policy_learn
+from dockgate import liveview, policy_learn
 from dockgate.decision import Client, Decision, Facts, Request
 from dockgate.errors import ConfigError
+from dockgate.settings import Settings
 
 log = logging.getLogger("dockgate.learn")
 
@@ -81,6 +83,30 @@ class Recorder:
         os.close(self._fd)
 
 
-def recorder(path: str | None, max_bytes: int) -> Recorder | None:
-    """The recorder ``--learn`` asks for, or None when learn mode is off."""
-    return Recorder(path, max_bytes) if path else None
+class Observer(Protocol):
+    """Receives every decided request: the learn recorder, the live view's feed."""
+
+    def observe(self, client: Client, request: Request, facts: Facts,
+                decision: Decision) -> None: ...
+
+
+class _Both:
+    def __init__(self, observers: list[Observer]) -> None:
+        self.observers = observers
+
+    def observe(self, client: Client, request: Request, facts: Facts,
+                decision: Decision) -> None:
+        for observer in self.observers:
+            observer.observe(client, request, facts, decision)
+
+
+def recorder(settings: Settings) -> Observer | None:
+    """What the shell hands each decision to: ``--learn``'s file and/or the live view."""
+    found: list[Observer] = []
+    if settings.learn:
+        found.append(Recorder(settings.learn, settings.learn_max_bytes))
+    if settings.admin_live:
+        found.append(liveview.FEED)
+    if not found:
+        return None
+    return found[0] if len(found) == 1 else _Both(found)

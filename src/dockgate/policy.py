@@ -28,16 +28,26 @@ from importlib import resources
 from dockgate import danger, routes
 from dockgate.decision import Allow, Client, ContainerFacts, Decider, Facts, NeedFacts, Request
 from dockgate.errors import BadTarget, ConfigError
-from dockgate.policy_decider import CREATE_OPERATION, Grant, Policy, PolicyDecider, operations
+from dockgate.policy_decider import (
+    CREATE_OPERATION,
+    EXEC_CREATE_OPERATION,
+    VOLUME_CREATE_OPERATION,
+    Grant,
+    Policy,
+    PolicyDecider,
+    operations,
+)
 from dockgate.policy_file import compile_text
-from dockgate.policy_match import CONTAINER_NAME, ContainerScope
+from dockgate.policy_match import CONTAINER_NAME, ContainerScope, normalize_listener
 from dockgate.policy_yaml import suggest
 
 __all__ = ["Grant", "Policy", "PolicyDecider", "compile_text", "explain", "from_env",
-           "lint_file", "load_file", "parse_client", "preset_names"]
+           "lint_file", "load_file", "normalize_listener", "parse_client", "preset_names"]
 
 PRESET_PREFIX = "preset:"
 DEFAULT_CLIENT = "127.0.0.1"
+# Operations whose verdict may depend on the body: explain does not assume it empty.
+BODY_OPERATIONS = frozenset({CREATE_OPERATION, EXEC_CREATE_OPERATION, VOLUME_CREATE_OPERATION})
 
 
 def preset_names() -> list[str]:
@@ -60,6 +70,11 @@ def _read(path: str) -> tuple[str, str]:
             return handle.read(), path
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read the policy file ({error})") from None
+
+
+def read_text(path: str) -> tuple[str, str]:
+    """The text of a policy file or of ``preset:NAME``, and its label for messages."""
+    return _read(path)
 
 
 def load_file(path: str) -> PolicyDecider:
@@ -185,9 +200,9 @@ def explain(decider: Decider, method: str, target: str,
     who = client if isinstance(client, Client) else parse_client(client)
     try:
         parsed = routes.parse_target(target)
+        request = Request(method, parsed, routes.classify(method, parsed))
     except BadTarget as error:
         return f"{method} {target}: rejected before any policy: {error.message}", False
-    request = Request(method, parsed, routes.classify(method, parsed))
     lines = [f"request:   {method} {parsed.api_path}",
              f"operation: {request.match.operation if request.match else '(no route)'}"]
     if request.match is not None and request.match.params:
@@ -210,12 +225,18 @@ def explain(decider: Decider, method: str, target: str,
         decision = decider.decide(who, request, facts)
         lines.append(f"if {reference!r} is the container named {reference.lstrip('/')!r} "
                      "(no labels):")
-    creating = request.match is not None and request.match.operation == CREATE_OPERATION
+    if isinstance(decision, NeedFacts) and (decision.execs or decision.volumes):
+        what = (f"exec {decision.execs[0]!r} (the verdict depends on its container)"
+                if decision.execs else
+                f"volume {decision.volumes[0]!r} (the verdict depends on its labels)")
+        lines.append(f"would ask the daemon about {what}")
+        return "\n".join(lines), False
+    creating = request.match is not None and request.match.operation in BODY_OPERATIONS
     if isinstance(decision, NeedFacts) and decision.body and not creating:
         lines.append("assuming no request body (what the docker CLI sends):")
         decision = decider.decide(who, request, Facts(containers=facts.containers, body=b""))
     if isinstance(decision, NeedFacts):
-        lines.append("would read the request body and check the grant's create constraints; "
+        lines.append("would read the request body and check the grant's constraints on it; "
                      "the verdict depends on the body")
         return "\n".join(lines), False
     if isinstance(decision, Allow):

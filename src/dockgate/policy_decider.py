@@ -14,15 +14,25 @@ An unknown or ambiguous reference gets the same denial as an out-of-scope one,
 so a client cannot probe which containers exist.
 
 Scoped reads: ``container.list`` and ``system.events`` under a container scope
-are allowed with a ``ContainerFilter`` the shell applies to the response.
+are allowed with a ``ContainerFilter`` the shell applies to the response; the
+list's ``before``/``since`` filters are resolved against the scope first, so an
+out-of-scope container is "no such container" exactly like a missing one.
+
+Execs are scoped by their container: ``exec.start/resize/inspect`` resolve the
+exec (``NeedFacts(execs=...)``), then its container, and are pinned to the
+exec's full ID. Named volumes are scoped by a grant's ``volumes:`` (for the
+volume operations and the volumes a create body mounts); ``volume.create``
+forwards a rebuilt body labelled with the policy's name (policy_scope).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from dockgate import bodies, routes
 from dockgate.decision import (
@@ -31,17 +41,40 @@ from dockgate.decision import (
     ContainerFacts,
     Decision,
     Deny,
+    ErrorAnswer,
     Facts,
     NeedFacts,
     Request,
 )
 from dockgate.hazards import DANGEROUS
-from dockgate.policy_match import ClientRule, ContainerScope, QueryRule, image_matches, primary_name
+from dockgate.policy_match import (
+    ClientRule,
+    ContainerScope,
+    QueryRule,
+    image_matches,
+    normalize_listener,
+    primary_name,
+)
+from dockgate.policy_scope import (
+    OWN_VOLUMES,
+    OWNER_LABEL,
+    ExecRules,
+    FilterError,
+    ScopedErrors,
+    VolumeFilter,
+    VolumeScope,
+    no_such_container,
+    reference_filters,
+    with_filters,
+)
 
 LIST_OPERATION = "container.list"
 EVENTS_OPERATION = "system.events"
 CREATE_OPERATION = "container.create"
 START_OPERATION = "container.start"
+EXEC_CREATE_OPERATION = "exec.create"
+VOLUME_CREATE_OPERATION = "volume.create"
+VOLUME_LIST_OPERATION = "volume.list"
 # What the shell forwards instead of the client's reference: the daemon's full ID.
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -58,6 +91,9 @@ class Operations:
     # operation -> the path parameter naming the one container or image it acts on
     container_ref: Mapping[str, str]
     image_ref: Mapping[str, str | None]  # None: the image is in ?fromImage= (pull)
+    # operations on one exec (scoped by its container) and on one named volume
+    exec_ref: frozenset[str] = frozenset()
+    volume_ref: frozenset[str] = frozenset()
 
     @classmethod
     def from_routes(cls, table: Iterable[routes.Route]) -> Operations:
@@ -66,6 +102,8 @@ class Operations:
             by_op.setdefault(route.operation, []).append(route)
         container_ref: dict[str, str] = {}
         image_ref: dict[str, str | None] = {}
+        exec_ref: set[str] = set()
+        volume_ref: set[str] = set()
         for op, rows in by_op.items():
             if all("container" in r.param_names for r in rows):
                 container_ref[op] = "container"
@@ -73,15 +111,26 @@ class Operations:
                 image_ref[op] = "image"
             elif all(r.template == "/images/create" for r in rows):
                 image_ref[op] = None
-        return cls(frozenset(by_op), container_ref, image_ref)
+            elif all("exec" in r.param_names for r in rows):
+                exec_ref.add(op)
+            elif all("volume" in r.param_names for r in rows):
+                volume_ref.add(op)
+        return cls(frozenset(by_op), container_ref, image_ref, frozenset(exec_ref),
+                   frozenset(volume_ref))
 
     @property
     def container_scopable(self) -> frozenset[str]:
-        return frozenset(self.container_ref) | {LIST_OPERATION, EVENTS_OPERATION}
+        return (frozenset(self.container_ref) | self.exec_ref
+                | {LIST_OPERATION, EVENTS_OPERATION})
 
     @property
     def image_scopable(self) -> frozenset[str]:
         return frozenset(self.image_ref) | {CREATE_OPERATION}
+
+    @property
+    def volume_scopable(self) -> frozenset[str]:
+        return self.volume_ref | {VOLUME_LIST_OPERATION, VOLUME_CREATE_OPERATION,
+                                  CREATE_OPERATION}
 
 
 def operations() -> Operations:
@@ -106,6 +155,8 @@ class Grant:
     query: tuple[QueryRule, ...] = ()
     create_deny: frozenset[str] | None = None
     redact: frozenset[str] = frozenset()  # inspect answers without these (REDACTABLE)
+    exec_rules: ExecRules | None = None
+    volumes: VolumeScope | None = None
 
     @property
     def rule(self) -> str:
@@ -125,14 +176,55 @@ class Grant:
             refs.append(_reference(query, "repo"))
         return all(ref and image_matches(ref, self.images) for ref in refs)
 
-    @property
-    def needs_body(self) -> bool:
-        return CREATE_OPERATION in self.operations and (
-            self.create_deny is not None or self.images is not None)
+    def constrains(self, operation: str) -> bool:
+        """Whether this grant limits what a body of ``operation`` may ask for.
 
-    def body_problem(self, body: bytes,
+        container.create: ``create:`` or ``images:``; exec.create: ``exec:``
+        denying privileged and root-user; volume.create: ``create:`` denying both
+        driver-options and volume-drivers (a local volume with ``o=bind,device=/``
+        is a host bind mount).
+        """
+        if operation == CREATE_OPERATION:
+            return self.create_deny is not None or self.images is not None
+        if operation == EXEC_CREATE_OPERATION:
+            return self.exec_deny is not None
+        if operation == VOLUME_CREATE_OPERATION:
+            return self.volume_deny is not None
+        return False
+
+    # The attributes hazards.CONSTRAINTS names (danger.py reads them): None while the
+    # body may still ask for what makes the operation host root.
+    @property
+    def exec_deny(self) -> frozenset[str] | None:
+        """The exec: deny: list when it refuses both Privileged and root (else None)."""
+        deny = self.exec_rules.deny if self.exec_rules is not None else frozenset()
+        return deny if {"privileged", "root-user"} <= deny else None
+
+    @property
+    def volume_deny(self) -> frozenset[str] | None:
+        """driver-options and volume-drivers when create: deny: lists both (else None)."""
+        deny = (self.create_deny or frozenset()) & bodies.VOLUME_CHECKS_ALL
+        return deny if deny == bodies.VOLUME_CHECKS_ALL else None
+
+    def needs_body(self, operation: str) -> bool:
+        """Whether deciding ``operation`` under this grant reads the request body."""
+        if operation == EXEC_CREATE_OPERATION:
+            return self.exec_rules is not None
+        return operation == CREATE_OPERATION and (
+            self.constrains(operation) or self.volume_scope() is not None)
+
+    def volume_scope(self) -> VolumeScope | None:
+        """The named volumes a create may mount: the grant's volumes:, or its own when
+        ``create: deny:`` lists volumes; None: unconstrained."""
+        if self.volumes is not None:
+            return self.volumes
+        return OWN_VOLUMES if "volumes" in (self.create_deny or ()) else None
+
+    def body_problem(self, operation: str, body: bytes,
                      defaults: bodies.DaemonDefaults = bodies.STRICT) -> str | None:
-        """Why a create body breaks this grant's constraints, or None."""
+        """Why a create or exec body breaks this grant's constraints, or None."""
+        if operation == EXEC_CREATE_OPERATION:
+            return self.exec_rules.problem(body) if self.exec_rules is not None else None
         try:
             problems, image = bodies.create_violations(body, self.create_deny or frozenset(),
                                                        defaults)
@@ -161,9 +253,13 @@ class OperationIndex:
     open: list[Grant] = field(default_factory=list)       # no container scope
     by_name: dict[str, list[Grant]] = field(default_factory=dict)
     patterns: list[Grant] = field(default_factory=list)   # globs or labels
+    volume_scoped: list[Grant] = field(default_factory=list)  # volume ops with volumes:
 
-    def add(self, grant: Grant) -> None:
+    def add(self, grant: Grant, operation: str) -> None:
         scope = grant.containers
+        if grant.volumes is not None and operation != CREATE_OPERATION:
+            self.volume_scoped.append(grant)
+            return
         if scope is None:
             self.open.append(grant)
             return
@@ -210,7 +306,7 @@ class Policy:
     def __post_init__(self) -> None:
         for grant in self.grants:
             for operation in grant.operations:
-                self.index.setdefault(operation, OperationIndex()).add(grant)
+                self.index.setdefault(operation, OperationIndex()).add(grant, operation)
 
 
 @dataclass(frozen=True)
@@ -269,10 +365,12 @@ class EnvRedaction:
         return item
 
 
-def _allow(grant: Grant, operation: str, target: str | None = None) -> Allow:
+def _allow(grant: Grant, operation: str, target: str | None = None,
+           error_answer: ErrorAnswer | None = None) -> Allow:
     redaction = EnvRedaction() if "env" in grant.redact and operation == INSPECT_OPERATION \
         else None
-    return Allow(rule=grant.rule, target=target, response_filter=redaction)
+    return Allow(rule=grant.rule, target=target, response_filter=redaction,
+                 error_answer=error_answer)
 
 
 # ---------------------------------------------------------------------------
@@ -295,12 +393,13 @@ class PolicyDecider:
         self.label = label
         # How to grant a missing operation, in the denial; None: the narrowest grant.
         self.grant_hint = grant_hint
-        # What the daemon does by default, for create bodies (serve sets it from /info).
+        # What the daemon does by default, for create bodies (serve sets it at start).
         self.daemon_defaults = bodies.STRICT
         self.ops = ops
         self.policies = dict(policies)
         self.clients = clients
-        self.listeners = dict(listeners)
+        # Keyed by normalize_listener, so a key copied from the log matches the --listen URL.
+        self.listeners = {normalize_listener(url): policy for url, policy in listeners.items()}
         self.default = default
         self.warnings = warnings
 
@@ -313,8 +412,13 @@ class PolicyDecider:
         for rule in self.clients:
             if rule.matches(client):
                 return self.policies[rule.policy]
-        chosen = self.listeners.get(client.listener, self.default)
+        chosen = self.listeners.get(normalize_listener(client.listener), self.default)
         return self.policies[chosen] if chosen is not None else None
+
+    def unmatched_listeners(self, listeners: tuple[str, ...]) -> list[str]:
+        """The ``listeners:`` keys that name none of ``listeners`` (the --listen URLs)."""
+        serving = {normalize_listener(url) for url in listeners}
+        return sorted(url for url in self.listeners if url not in serving)
 
     def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
         match = request.match
@@ -333,7 +437,10 @@ class PolicyDecider:
                            rule=f"policy {policy.name!r}")
         params = match.target.query_params()
         if operation in (LIST_OPERATION, EVENTS_OPERATION):
-            return self._filtered(request, policy, index, operation, params)
+            return self._filtered(request, policy, index, operation, params=params,
+                                  facts=facts)
+        if operation in self.ops.volume_scopable and operation != CREATE_OPERATION:
+            return self._volume(request, policy, index, match, params=params, facts=facts)
         decision = self._decide(request, policy, index, match=match, facts=facts,
                                 params=params)
         if operation != START_OPERATION or isinstance(decision, Deny):
@@ -364,7 +471,8 @@ class PolicyDecider:
         return hint
 
     def _filtered(self, request: Request, policy: Policy, index: OperationIndex,
-                  operation: str, params: Mapping[str, list[str]]) -> Decision:
+                  operation: str, *, params: Mapping[str, list[str]],
+                  facts: Facts) -> Decision:
         open_ok = [g for g in index.open if g.admits_query(operation, params)]
         if open_ok:
             return Allow(rule=open_ok[0].rule)
@@ -374,7 +482,101 @@ class PolicyDecider:
         mode: Literal["json-list", "json-lines"] = (
             "json-list" if operation == LIST_OPERATION else "json-lines")
         scopes = tuple(g.containers for g in scoped if g.containers is not None)
-        return Allow(rule=scoped[0].rule, response_filter=ContainerFilter(mode, scopes))
+        target = None
+        if operation == LIST_OPERATION:
+            # before/since name a container: resolved against the scope first, so the
+            # answer is the same whether an out-of-scope one exists or not.
+            try:
+                document, refs = reference_filters(params)
+            except FilterError as error:
+                return _denied(request, f"{operation}: {error}", "see the Engine API's "
+                               "filters parameter", rule=scoped[0].rule, status=400)
+            missing = tuple(ref for ref in refs if ref not in facts.containers)
+            if missing:
+                return NeedFacts(containers=missing)
+            resolved: dict[str, str] = {}
+            for ref in refs:
+                found = facts.containers[ref]
+                if found is None or not _FULL_ID.fullmatch(found.id) or not any(
+                        scope.matches(found.name, found.labels) for scope in scopes):
+                    status, message = no_such_container(ref)
+                    return Deny(message, status=status, rule=scoped[0].rule)
+                resolved[ref] = found.id
+            if document is not None and refs:
+                target = with_filters(request.target.raw, document, resolved)
+        return Allow(rule=scoped[0].rule, target=target,
+                     response_filter=ContainerFilter(mode, scopes),
+                     error_answer=ScopedErrors(_sent(request, target)))
+
+    def _volume(self, request: Request, policy: Policy, index: OperationIndex,
+                match: routes.Match, *, params: Mapping[str, list[str]],
+                facts: Facts) -> Decision:
+        """volume.*: open grants, or grants with a volumes: scope (judged by the daemon's facts)."""
+        operation = match.operation
+        open_ok = [g for g in index.open if g.admits_query(operation, params)]
+        scoped = [g for g in index.volume_scoped if g.admits_query(operation, params)]
+        if not open_ok and not scoped:
+            return _query_denied(request, policy, operation)
+        if operation == VOLUME_LIST_OPERATION:
+            if open_ok:
+                return Allow(rule=open_ok[0].rule)
+            scopes = tuple(g.volumes for g in scoped if g.volumes is not None)
+            return Allow(rule=scoped[0].rule, response_filter=VolumeFilter(policy.name, scopes),
+                         error_answer=ScopedErrors(_sent(request, None)))
+        if operation == VOLUME_CREATE_OPERATION:
+            return self._volume_create(request, policy, open_ok, scoped, facts)
+        name = match.params["volume"]
+        if open_ok:
+            return Allow(rule=open_ok[0].rule)
+        if name not in facts.volumes:
+            return NeedFacts(volumes=(name,))
+        found = facts.volumes[name]
+        for grant in scoped:
+            assert grant.volumes is not None
+            if found is not None and grant.volumes.matches(policy.name, found.name,
+                                                           found.labels):
+                return Allow(rule=grant.rule, error_answer=ScopedErrors(_sent(request, None)))
+        if found is None and any(g.volumes is not None and g.volumes.by_name(name)
+                                 for g in scoped):
+            return Deny(f"get {name}: no such volume", status=404, rule=scoped[0].rule)
+        return _denied(request, f"{operation} of volume {name!r} is not granted by policy "
+                       f"{policy.name!r}", "its volumes: scope does not cover this volume",
+                       rule=f"policy {policy.name!r}")
+
+    def _volume_create(self, request: Request, policy: Policy, open_ok: list[Grant],
+                       scoped: list[Grant], facts: Facts) -> Decision:
+        """Judge the body, then forward it rebuilt with the owner label (policy_scope)."""
+        if facts.body is None:
+            return NeedFacts(body=True)
+        try:
+            name, driver, options, body = bodies.volume_create(
+                facts.body, {OWNER_LABEL: policy.name})
+        except bodies.UnparseableError as error:
+            return _denied(request, f"volume.create: the body cannot be inspected: {error}",
+                           "send Name, Driver, DriverOpts and Labels only",
+                           rule=f"policy {policy.name!r}")
+        if name and scoped and name not in facts.volumes:
+            return NeedFacts(volumes=(name,))
+        existing = facts.volumes.get(name) if name else None
+        problem = ""
+        for grant in [*open_ok, *scoped]:
+            found = bodies.volume_create_violation(grant.create_deny or frozenset(),
+                                                   driver, options)
+            if found is None and grant.volumes is not None:
+                # An existing volume keeps its labels (the daemon returns it as it is);
+                # a new one gets the labels forwarded, the owner label among them.
+                labels = existing.labels if existing is not None else \
+                    json.loads(body)["Labels"]
+                if not grant.volumes.matches(policy.name, name, labels):
+                    found = (f"volume {name!r} is outside its volumes: scope "
+                             f"({grant.volumes.describe()})")
+            if found is None:
+                return Allow(rule=grant.rule, body=body,
+                             error_answer=ScopedErrors(_sent(request, None)))
+            problem = problem or found
+        return _denied(request, f"volume.create: {problem}", f"policy {policy.name!r} "
+                       "constrains what a volume create may ask for",
+                       rule=f"policy {policy.name!r}")
 
     def _decide(self, request: Request, policy: Policy, index: OperationIndex, *,
                 match: routes.Match, facts: Facts,
@@ -384,34 +586,31 @@ class PolicyDecider:
         open_ok = [g for g in index.open
                    if g.admits_query(operation, params) and g.admits_image_ref(match, image_param)]
         if open_ok:
-            plain = [g for g in open_ok if not g.needs_body]
-            if plain:
-                return _allow(plain[0], operation)
-            if facts.body is None:
-                return NeedFacts(body=True)
-            problem = ""
-            for grant in open_ok:
-                found = grant.body_problem(facts.body, self.daemon_defaults)
-                if found is None:
-                    return Allow(rule=grant.rule)
-                problem = problem or found
-            return _denied(request, f"{operation}: {problem}",
-                           f"policy {policy.name!r} constrains what a create may ask for",
-                           rule=open_ok[0].rule)
+            return self._by_body(request, policy, open_ok, match=match, facts=facts,
+                                 target=None)
         if not index.scoped:
             return _query_denied(request, policy, operation)
-        param = self.ops.container_ref.get(operation)
-        reference = match.params.get(param) if param is not None else None
-        if param is None or reference is None:
-            return _query_denied(request, policy, operation)
+        if operation in self.ops.exec_ref:
+            param = "exec"
+            exec_ref = match.params[param]
+            if exec_ref not in facts.execs:
+                return NeedFacts(execs=(exec_ref,))
+            found_exec = facts.execs[exec_ref]
+            if found_exec is None or not _FULL_ID.fullmatch(found_exec.id):
+                return _out_of_scope(request, policy, f"exec {exec_ref!r}")
+            reference, pinned = found_exec.container, found_exec.id
+        else:
+            container_param = self.ops.container_ref.get(operation)
+            ref = match.params.get(container_param) if container_param is not None else None
+            if container_param is None or ref is None:
+                return _query_denied(request, policy, operation)
+            param, reference, pinned = container_param, ref, ""
         if reference not in facts.containers:
             return NeedFacts(containers=(reference,))
         resolved = facts.containers[reference]
-        out_of_scope = _denied(
-            request, f"{operation} of container {reference!r} is not granted by policy "
-            f"{policy.name!r}", "its container scope does not cover this container",
-            rule=f"policy {policy.name!r}")
-        if resolved is None and index.names_in_scope(reference):
+        what = f"exec {match.params[param]!r}" if pinned else f"container {reference!r}"
+        out_of_scope = _out_of_scope(request, policy, what)
+        if resolved is None and not pinned and index.names_in_scope(reference):
             # The client named a container its own grant lists by name (or glob):
             # saying it does not exist reveals nothing outside its scope, and lets a
             # client tell "gateway missing" from "not allowed" (the daemon's 404).
@@ -422,10 +621,79 @@ class PolicyDecider:
         in_scope = index.for_container(resolved)
         if not in_scope:
             return out_of_scope
-        for grant in in_scope:
-            if grant.admits_query(operation, params):
-                return _allow(grant, operation, target=match.with_param(param, resolved.id))
-        return _query_denied(request, policy, operation)
+        admitted = [g for g in in_scope if g.admits_query(operation, params)]
+        if not admitted:
+            return _query_denied(request, policy, operation)
+        return self._by_body(request, policy, admitted, match=match, facts=facts,
+                             target=match.with_param(param, pinned or resolved.id))
+
+    def _by_body(self, request: Request, policy: Policy, grants: list[Grant], *,
+                 match: routes.Match, facts: Facts, target: str | None) -> Decision:
+        """The first grant whose body constraints (if any) the request meets."""
+        operation = match.operation
+        scoped = target is not None or operation == CREATE_OPERATION
+        name = match.target.query_params().get("name", [""])[0]  # Go's Form.Get: the first
+        errors = ScopedErrors(_sent(request, target),
+                              name=name if operation == CREATE_OPERATION else None)
+        allow = [g for g in grants if not g.needs_body(operation)]
+        if allow:
+            return _allow(allow[0], operation, target, errors if scoped else None)
+        if facts.body is None:
+            return NeedFacts(body=True)
+        problem = ""
+        for grant in grants:
+            found = grant.body_problem(operation, facts.body, self.daemon_defaults)
+            if found is None and operation == CREATE_OPERATION:
+                volumes = self._volume_problem(grant, policy, facts)
+                if isinstance(volumes, NeedFacts):
+                    return volumes
+                found = volumes
+            if found is None:
+                return _allow(grant, operation, target, errors)
+            problem = problem or found
+        return _denied(request, f"{operation}: {problem}",
+                       f"policy {policy.name!r} constrains what {operation} may ask for",
+                       rule=grants[0].rule)
+
+    def _volume_problem(self, grant: Grant, policy: Policy,
+                        facts: Facts) -> str | NeedFacts | None:
+        """Named volumes of a create body outside the grant's volume scope (facts: the daemon's)."""
+        scope = grant.volume_scope()
+        if scope is None or facts.body is None:
+            return None
+        try:
+            names, volumes_from = bodies.named_volumes(facts.body)
+        except bodies.UnparseableError as error:
+            return f"the create body cannot be inspected: {error}"
+        if volumes_from:
+            return ("the create body asks for another container's volumes (HostConfig."
+                    "VolumesFrom), which a volume scope cannot judge")
+        missing = tuple(n for n in names if n not in facts.volumes)
+        if missing:
+            return NeedFacts(volumes=missing)
+        for name in names:
+            found = facts.volumes[name]
+            known = found is not None and scope.matches(policy.name, found.name, found.labels)
+            if not known and not (found is None and scope.by_name(name)):
+                # The same words whether the volume is someone else's or does not exist.
+                return (f"the create body mounts volume {name!r}, which is not among "
+                        f"{scope.describe()} (create it with volume.create first)")
+        return None
+
+
+def _out_of_scope(request: Request, policy: Policy, what: str) -> Deny:
+    """One denial for out of scope, unknown and ambiguous alike: it tells nothing apart."""
+    operation = request.match.operation if request.match is not None else "?"
+    return _denied(request, f"{operation} of {what} is not granted by policy {policy.name!r}",
+                   "its container scope does not cover this container",
+                   rule=f"policy {policy.name!r}")
+
+
+def _sent(request: Request, target: str | None) -> str:
+    """What the client sent and was told, for ScopedErrors: decoded target and query,
+    and the forwarded (pinned) target."""
+    return " ".join((request.target.path, unquote(request.target.query),
+                     unquote(target or "")))
 
 
 def _query_denied(request: Request, policy: Policy, operation: str) -> Deny:

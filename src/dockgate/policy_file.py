@@ -18,8 +18,10 @@ import yaml
 from dockgate import bodies
 from dockgate.policy_decider import (
     CREATE_OPERATION,
+    EXEC_CREATE_OPERATION,
     INSPECT_OPERATION,
     REDACTABLE,
+    VOLUME_CREATE_OPERATION,
     Grant,
     Operations,
     Policy,
@@ -34,16 +36,21 @@ from dockgate.policy_match import (
     ClientRule,
     ContainerScope,
     QueryRule,
+    normalize_listener,
     normalize_pattern,
     normalize_query_value,
 )
+from dockgate.policy_scope import ExecRules, VolumeScope
 from dockgate.policy_yaml import Source, compose, integer, mapping, sequence, suggest, text, texts
 
 _TOP_KEYS = ("version", "policies", "clients", "listeners", "default")
 _POLICY_KEYS = ("description", "grants")
-_GRANT_KEYS = ("allow", "containers", "images", "query", "create", "redact")
+_GRANT_KEYS = ("allow", "containers", "images", "volumes", "query", "create", "exec",
+               "redact")
 _CONTAINER_KEYS = ("names", "globs", "labels")
+_VOLUME_KEYS = ("names", "globs", "labels", "own")
 _CREATE_KEYS = ("deny",)
+_EXEC_KEYS = ("deny", "commands")
 _CLIENT_KEYS = ("name", "policy", "address", "uid", "gid", "cert_cn", "cert_san", "listener")
 
 
@@ -77,7 +84,7 @@ class _Compiler:
         if "listeners" in parts:
             for url, key_node, value in mapping(parts["listeners"][1], self.source,
                                                 "listeners"):
-                if not url.startswith(("tcp://", "tls://", "unix://")):
+                if not normalize_listener(url).startswith(("tcp://", "tls://", "unix://")):
                     raise self.source.error(key_node, f"listener {url!r} must be a URL as "
                                             "given to --listen: tcp://HOST:PORT, tls://... or "
                                             "unix:///PATH")
@@ -151,15 +158,30 @@ class _Compiler:
             explicit, from_globs = self.applicable(
                 parts["allow"][1], explicit, from_globs=from_globs,
                 scopable=self.ops.image_scopable, scope="images:", why="names no image")
+        volumes = None
+        if "volumes" in parts:
+            volumes = self.volume_scope(parts["volumes"][1])
+            explicit, from_globs = self.applicable(
+                parts["allow"][1], explicit, from_globs=from_globs,
+                scopable=self.ops.volume_scopable, scope="volumes:",
+                why="names no volume")
         query = self.query(parts["query"][1]) if "query" in parts else ()
+        granted = {op for op, _ in explicit} | from_globs
         create_deny = None
         if "create" in parts:
             create_deny = self.create(parts["create"][1])
-            if CREATE_OPERATION not in {op for op, _ in explicit} | from_globs:
+            if not {CREATE_OPERATION, VOLUME_CREATE_OPERATION} & granted:
                 raise self.source.error(parts["create"][0], "create: constrains "
-                                        "container.create, which this grant does not allow; "
-                                        "add it to allow: or remove create:")
-        operations_ = frozenset({op for op, _ in explicit} | from_globs)
+                                        "container.create and volume.create, which this grant "
+                                        "does not allow; add one to allow: or remove create:")
+        exec_rules = None
+        if "exec" in parts:
+            exec_rules = self.exec_rules(parts["exec"][1])
+            if EXEC_CREATE_OPERATION not in granted:
+                raise self.source.error(parts["exec"][0], "exec: constrains exec.create, "
+                                        "which this grant does not allow; add it to allow: or "
+                                        "remove exec:")
+        operations_ = frozenset(granted)
         redact: frozenset[str] = frozenset()
         if "redact" in parts:
             if INSPECT_OPERATION not in operations_:
@@ -174,7 +196,65 @@ class _Compiler:
             redact = frozenset(item for item, _ in texts(parts["redact"][1], self.source,
                                                          "redact"))
         return Grant(policy, number, where, operations_, containers, images, query,
-                     create_deny, redact)
+                     create_deny, redact=redact, exec_rules=exec_rules, volumes=volumes)
+
+    def volume_scope(self, node: yaml.Node) -> VolumeScope:
+        names: set[str] = set()
+        globs: list[str] = []
+        labels: list[tuple[str, str]] = []
+        own = False
+        for key, _key_node, value in mapping(node, self.source, "volumes", _VOLUME_KEYS):
+            if key == "names":
+                for name, item in texts(value, self.source, "names"):
+                    if GLOB_CHARS.intersection(name):
+                        raise self.source.error(item, f"volume name {name!r} contains a "
+                                                "pattern character; names match exactly, put "
+                                                "patterns under globs:")
+                    if not CONTAINER_NAME.fullmatch(name):
+                        raise self.source.error(item, f"{name!r} is not a volume name "
+                                                "(letters, digits, _ . -)")
+                    names.add(name)
+            elif key == "globs":
+                globs.extend(glob for glob, _ in texts(value, self.source, "globs"))
+            elif key == "labels":
+                for label, _label_node, label_value in mapping(value, self.source, "labels"):
+                    labels.append((label, text(label_value, self.source, f"label {label}")))
+            else:
+                flag = text(value, self.source, "own")
+                if flag not in ("true", "false"):
+                    raise self.source.error(value, "own is true or false (true: the volumes "
+                                            "created through this policy)")
+                own = flag == "true"
+        if not (names or globs or labels or own):
+            raise self.source.error(node, "volumes: selects nothing; give names:, globs:, "
+                                    "labels: or own: true")
+        return VolumeScope(frozenset(names), tuple(globs), tuple(labels), own)
+
+    def exec_rules(self, node: yaml.Node) -> ExecRules:
+        deny: set[str] = set()
+        commands: list[tuple[str, ...]] = []
+        for key, _key_node, value in mapping(node, self.source, "exec", _EXEC_KEYS):
+            if key == "deny":
+                for check, item in texts(value, self.source, "deny"):
+                    if check == "all":
+                        deny.update(bodies.EXEC_CHECKS)
+                    elif check in bodies.EXEC_CHECKS:
+                        deny.add(check)
+                    else:
+                        raise self.source.error(item, f"unknown exec constraint {check!r}"
+                                                f"{suggest(check, bodies.EXEC_CHECKS)}; known: "
+                                                f"all, {', '.join(bodies.EXEC_CHECKS)}")
+            else:
+                for item in sequence(value, self.source, "commands"):
+                    if not isinstance(item, yaml.SequenceNode):
+                        raise self.source.error(item, "each command is a list of arguments "
+                                                "(globs), e.g. [cat, /etc/*]")
+                    commands.append(tuple(arg for arg, _ in
+                                          texts(item, self.source, "a command")))
+        if not (deny or commands):
+            raise self.source.error(node, "exec: constrains nothing; write deny: [all] "
+                                    "(or a list of constraints) and/or commands:")
+        return ExecRules(frozenset(deny), tuple(commands))
 
     def operation_names(self, node: yaml.Node) -> tuple[list[tuple[str, yaml.Node]],
                                                          set[str]]:
@@ -259,14 +339,15 @@ class _Compiler:
         deny: set[str] = set()
         for _key, _key_node, value in mapping(node, self.source, "create", _CREATE_KEYS):
             for check, item in texts(value, self.source, "deny"):
+                known = (*bodies.CHECKS, *bodies.VOLUME_CHECKS)
                 if check == "all":
-                    deny.update(bodies.CHECKS)
-                elif check in bodies.CHECKS:
+                    deny.update(known)
+                elif check in known:
                     deny.add(check)
                 else:
                     raise self.source.error(item, f"unknown create constraint {check!r}"
-                                            f"{suggest(check, bodies.CHECKS)}; known: all, "
-                                            f"{', '.join(bodies.CHECKS)}")
+                                            f"{suggest(check, known)}; known: all, "
+                                            f"{', '.join(known)}")
         if not deny:
             # An empty create: would pass for a constrained grant while allowing any body.
             raise self.source.error(node, "create: constrains nothing; write deny: [all] "
@@ -291,8 +372,11 @@ class _Compiler:
             elif key in ("uid", "gid"):
                 values = value.value if isinstance(value, yaml.SequenceNode) else [value]
                 rule[f"{key}s"] = frozenset(integer(v, self.source, key) for v in values)
-            elif key in ("cert_cn", "cert_san", "listener"):
+            elif key in ("cert_cn", "cert_san"):
                 rule[f"{key}s"] = frozenset(v for v, _ in texts(value, self.source, key))
+            elif key == "listener":
+                rule["listeners"] = frozenset(normalize_listener(v) for v, _
+                                              in texts(value, self.source, key))
         name = text(parts["name"][1], self.source, "name") if "name" in parts else None
         return ClientRule(policy=policy, label=self.at(node), name=name, **rule)
 

@@ -58,7 +58,9 @@ class LearningDecider:
 
     def __init__(self, inner: Decider) -> None:
         self.inner = inner
-        self._container_ref = operations().container_ref
+        ops = operations()
+        self._container_ref = ops.container_ref
+        self._exec_ref = ops.exec_ref
 
     @property
     def name(self) -> str:
@@ -69,6 +71,13 @@ class LearningDecider:
         if match is not None:
             param = self._container_ref.get(match.operation)
             reference = match.params.get(param) if param is not None else None
+            if match.operation in self._exec_ref:
+                # An exec names its container only through the daemon: exec, then container.
+                exec_id = match.params.get("exec", "")
+                if exec_id not in facts.execs:
+                    return NeedFacts(execs=(exec_id,))
+                found = facts.execs[exec_id]
+                reference = found.container if found is not None else None
             missing = (reference,) if reference is not None and \
                 reference not in facts.containers else ()
             body = match.operation in BODY_OPERATIONS and facts.body is None
@@ -154,9 +163,17 @@ def create_features(body: bytes) -> dict[str, Any]:
         doc = bodies.parse(body)
         classes = sorted(check for check in bodies.CHECKS
                          if bodies.create_violations(body, frozenset({check}))[0])
-        features = _host_features(doc)
+        volumes, volumes_from = bodies.named_volumes(body)
     except bodies.UnparseableError as error:
         return {"error": _cut(str(error))}
+    features = _host_features(doc, frozenset(volumes))
+    if volumes:
+        features["volumes"] = sorted(_cut(v) for v in volumes)[:MAX_ITEMS]
+    if volumes or volumes_from:
+        # The volumes check needs the daemon's facts: the policy applies it apart.
+        classes = sorted({*classes, "volumes"})
+    if volumes_from:
+        features["volumes_from"] = True
     image = doc.get("image")
     return {"classes": classes, "image": _cut(image) if isinstance(image, str) else "",
             "user": _user(doc.get("user")), **features}
@@ -166,10 +183,13 @@ def exec_features(body: bytes) -> dict[str, Any]:
     """What an exec-create body asks for: privileged, user, tty, stdin (no command, no env)."""
     try:
         doc = bodies.parse(body)
+        classes = sorted(check for check in bodies.EXEC_CHECKS
+                         if bodies.exec_violations(body, frozenset({check}))[0])
     except bodies.UnparseableError as error:
         return {"error": _cut(str(error))}
-    return {"privileged": doc.get("privileged") is True, "user": _user(doc.get("user")),
-            "tty": doc.get("tty") is True, "stdin": doc.get("attachstdin") is True}
+    return {"classes": classes, "privileged": doc.get("privileged") is True,
+            "user": _user(doc.get("user")), "tty": doc.get("tty") is True,
+            "stdin": doc.get("attachstdin") is True}
 
 
 def _user(value: object) -> str:
@@ -182,33 +202,24 @@ def _strings(value: object) -> list[str]:
     return [_cut(item) for item in value[:MAX_ITEMS] if isinstance(item, str)]
 
 
-def _host_features(doc: dict[str, Any]) -> dict[str, Any]:
+def _host_features(doc: dict[str, Any], volumes: frozenset[str]) -> dict[str, Any]:
     hc = doc.get("hostconfig")
     hc = hc if isinstance(hc, dict) else doc
     binds: list[dict[str, Any]] = []
-    volumes: list[str] = []
     for bind in _strings(hc.get("binds")):
         source, _, rest = bind.partition(":")
         options = rest.split(":", 1)[1].split(",") if rest.count(":") else []
-        if source.startswith("/"):
+        if source not in volumes:  # bodies.named_volumes decides what is a volume name
             binds.append({"source": source, "read_only": "ro" in options})
-        else:
-            volumes.append(source)
     mounts = hc.get("mounts")
     for mount in mounts[:MAX_ITEMS] if isinstance(mounts, list) else []:
-        if not isinstance(mount, dict):
-            continue
-        raw_source = mount.get("source")
-        source = _cut(raw_source) if isinstance(raw_source, str) else ""
-        if mount.get("type") == "bind":
+        if isinstance(mount, dict) and mount.get("type") == "bind":
+            raw_source = mount.get("source")
+            source = _cut(raw_source) if isinstance(raw_source, str) else ""
             binds.append({"source": source, "read_only": mount.get("readonly") is True})
-        elif mount.get("type") == "volume" and source:
-            volumes.append(source)
     features: dict[str, Any] = {}
     if binds:
         features["binds"] = binds
-    if volumes:
-        features["volumes"] = sorted(set(volumes))
     if hc.get("privileged") is True:
         features["privileged"] = True
     caps = _strings(hc.get("capadd"))
@@ -220,7 +231,8 @@ def _host_features(doc: dict[str, Any]) -> dict[str, Any]:
     if namespaces:
         features["namespaces"] = {k.removesuffix("mode"): _cut(v) for k, v in namespaces.items()}
     log_config = hc.get("logconfig")
-    if isinstance(log_config, dict) and isinstance(log_config.get("type"), str):
+    if isinstance(log_config, dict) and isinstance(log_config.get("type"), str) and \
+            log_config["type"]:
         log_options = log_config.get("config")
         features["log_driver"] = {
             "type": _cut(log_config["type"]),

@@ -15,11 +15,14 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
 
 from dockgate.decision import Client
 
@@ -162,6 +165,31 @@ class QueryRule:
         return all(normalize_query_value(self.param, v) in self.values for v in given)
 
 
+@functools.lru_cache(maxsize=64)
+def normalize_listener(url: str) -> str:
+    """One spelling per listener: ``TCP://[0:0::0]:2375`` and ``tcp://[::]:2375`` are one.
+
+    Scheme and host lower-cased, IP addresses in their short form (IPv6 in brackets,
+    as the startup log prints them), unix paths normalised. A host name stays a name:
+    ``localhost`` is not rewritten to an address it may or may not resolve to.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme == "unix":
+        return f"unix://{posixpath.normpath(parts.path)}" if parts.path else url
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return url
+    if host is None or port is None:
+        return url
+    try:
+        host = ipaddress.ip_address(host).compressed
+    except ValueError:
+        host = host.lower()
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 @dataclass(frozen=True)
 class ClientRule:
     """Binds clients to a policy; every criterion that is set must match."""
@@ -178,7 +206,7 @@ class ClientRule:
 
     def matches(self, client: Client) -> bool:
         """Whether this client is the one the rule describes."""
-        if self.listeners and client.listener not in self.listeners:
+        if self.listeners and normalize_listener(client.listener) not in self.listeners:
             return False
         if self.networks and not _in_networks(client.address, self.networks):
             return False

@@ -6,17 +6,16 @@ proxy that never works are named at once: no socket at that path, or a socket
 whose group dockgate's user lacks (the image runs as uid 10001, the socket is
 root:docker 0660).
 
-The /info answer also says what the daemon does by default (``bodies.DaemonDefaults``):
-cgroup v1 hosts default to cgroupns "host", so a body copied from inspect that
-restates it asks for nothing more.
+It also says what the daemon does by default (``bodies.DaemonDefaults``): cgroup
+v1 hosts default to cgroupns "host", so a body copied from inspect that restates it
+asks for nothing more. The probe sends no request (it connects and closes), so the
+daemon sees only what clients send.
 """
 
 from __future__ import annotations
 
 import errno
 import grp
-import http.client
-import json
 import os
 import socket
 import stat
@@ -24,22 +23,6 @@ from urllib.parse import urlsplit
 
 from dockgate.bodies import STRICT, DaemonDefaults
 from dockgate.settings import Settings
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("docker", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def _group_advice(path: str) -> str:
@@ -57,24 +40,38 @@ def _group_advice(path: str) -> str:
             f"--group-add {info.st_gid})")
 
 
+def _cgroup_defaults() -> DaemonDefaults:
+    """The daemon's cgroupns default, from this host's cgroup version.
+
+    A unix-socket daemon runs on this kernel, and a container sees the host's cgroup
+    version too: /sys/fs/cgroup/cgroup.controllers exists only on cgroup v2 (where
+    the default is "private"); a v1 (or hybrid) hierarchy defaults to "host".
+    """
+    root = "/sys/fs/cgroup"
+    if not os.path.isdir(root) or os.path.exists(os.path.join(root, "cgroup.controllers")):
+        return STRICT
+    return DaemonDefaults(cgroupns="host")
+
+
 def daemon(settings: Settings) -> tuple[list[str], DaemonDefaults]:
-    """Startup warnings about the daemon, and its defaults (strict when unknown)."""
+    """Startup warnings about the daemon, and its defaults (strict when unknown).
+
+    It only connects (and closes): no request reaches the daemon, so what it
+    records, and the audit trail, hold the clients' requests alone.
+    """
     url = urlsplit(settings.upstream_url)
     where = settings.upstream_url
-    if url.scheme == "unix":
-        if not os.path.exists(url.path):
-            return [f"the daemon socket {url.path} does not exist: every request gets 502 "
-                    "until it does (is the socket mounted? set SOCKET_PATH or --upstream)"
-                    ], STRICT
-        connection: http.client.HTTPConnection = _UnixConnection(url.path,
-                                                                 settings.connect_timeout)
-    else:
-        connection = http.client.HTTPConnection(url.hostname or "", url.port,
-                                                timeout=settings.connect_timeout)
+    if url.scheme == "unix" and not os.path.exists(url.path):
+        return [f"the daemon socket {url.path} does not exist: every request gets 502 "
+                "until it does (is the socket mounted? set SOCKET_PATH or --upstream)"], STRICT
     try:
-        connection.request("GET", "/info")
-        response = connection.getresponse()
-        body = response.read()
+        if url.scheme == "unix":
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(settings.connect_timeout)
+                sock.connect(url.path)
+        else:
+            socket.create_connection((url.hostname or "", url.port or 0),
+                                     settings.connect_timeout).close()
     except PermissionError:
         return [f"cannot connect to the daemon at {where}: permission denied"
                 f"{_group_advice(url.path)}"], STRICT
@@ -83,13 +80,5 @@ def daemon(settings: Settings) -> tuple[list[str], DaemonDefaults]:
             error.strerror or errno.errorcode.get(error.errno or 0) or str(error))
         return [f"the daemon at {where} does not answer ({why}): requests get 502 until it "
                 "does"], STRICT
-    finally:
-        connection.close()
-    if response.status != 200:
-        return [f"the daemon at {where} answered /info with {response.status}"], STRICT
-    try:
-        info = json.loads(body)
-    except ValueError:
-        return [f"the daemon at {where} answered /info with something other than JSON"], STRICT
-    cgroup_v1 = isinstance(info, dict) and info.get("CgroupVersion") == "1"
-    return [], DaemonDefaults(cgroupns="host" if cgroup_v1 else "private")
+    # Over TCP the daemon may run on another kernel: its defaults are unknown.
+    return [], _cgroup_defaults() if url.scheme == "unix" else STRICT

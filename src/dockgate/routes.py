@@ -7,6 +7,8 @@ the names and fields below are used by the shell, policy and compat modules):
   canonical origin-form (dot segments, ``//``, encoded ``/``, control/non-ASCII
   bytes, absolute/authority form, double-decoding tricks...).
 - ``classify(method, target) -> Match | None``; None means no Engine API route.
+  It raises ``errors.BadTarget`` when an encoded space, non-ASCII, ``?``, ``#`` or
+  ``\\`` sits in a parameter that cannot hold one (anything but a network name).
 - ``Match.with_param(name, value) -> str`` rebuilds a raw target with one path
   parameter replaced (percent-encoded), keeping the version prefix and the query.
 
@@ -40,7 +42,12 @@ Where dockgate is stricter than the daemon (each rule is next to its code):
   leading zeros: one spelling per version, so a rule keyed on the version cannot
   be dodged by respelling it; the error names the canonical spelling.
 - Characters. Only RFC 3986 path/query characters, valid escapes, and no ``;``
-  in the query (Go refuses it as a separator, Python keeps it as data).
+  in the query (Go refuses it as a separator, Python keeps it as data). Decoded,
+  the path holds no control character, and a space, non-ASCII (UTF-8), ``?``,
+  ``#`` or ``\\`` only inside a parameter whose objects can have such names:
+  network names (``docker network create 'peer dg 01'``). Container, volume and
+  image names cannot (the daemon refuses to create them), so a reference holding
+  one is refused (400) rather than looked up.
 - Debug routes. The daemon serves ``/debug/*`` for every method; only GET is
   classified.
 
@@ -82,6 +89,9 @@ class Target:
     version: str | None    # "1.41" for "/v1.41/...", None when unversioned
     api_path: str          # decoded path without the version prefix: "/containers/gw/restart"
     query: str             # raw query string without "?", "" when absent
+    # The decoded path holds a space, non-ASCII, "?", "#" or "\\" (sent percent-encoded):
+    # classify accepts that only inside a free-text parameter (a network name).
+    free_text: bool = False
 
     def query_params(self) -> dict[str, list[str]]:
         return parse_qs(self.query, keep_blank_values=True)
@@ -122,6 +132,10 @@ class Param:
     name: str
     pattern: str
     doc: str
+    # True where the daemon lets an object's name hold any character (network
+    # names: checked against Engine 20.10): a space, non-ASCII, "?", "#" or "\\"
+    # may then arrive percent-encoded inside this parameter, and nowhere else.
+    free_text: bool = False
 
 
 PARAMS: Mapping[str, Param] = {p.name: p for p in (
@@ -132,7 +146,8 @@ PARAMS: Mapping[str, Param] = {p.name: p for p in (
     Param("image", ANY, "image reference: name[:tag][@digest] or ID; contains / "
           "(library/busybox) and : (busybox:latest)"),
     Param("exec", ANY, "exec instance ID; the daemon's {id:.*} / {name:.*}"),
-    Param("network", ANY, "network name, ID or ID prefix; the daemon's {id:.*}"),
+    Param("network", ANY, "network name, ID or ID prefix; the daemon's {id:.*}; a name may "
+          "hold spaces, non-ASCII, ? # \\ (percent-encoded)", free_text=True),
     Param("volume", ANY, "volume name; the daemon's {name:.*}"),
     Param("plugin", ANY, "plugin reference (name[:tag]), contains / for remote names"),
     Param("service", SEGMENT, "swarm service name or ID, one segment ({id})"),
@@ -457,6 +472,14 @@ def classify(method: str, target: Target) -> Match | None:
         return None
     if any(value == "" for name, value in match.params.items() if name in _OBJECT_PARAMS):
         return None
+    if target.free_text:
+        for name, value in match.params.items():
+            if not PARAMS[name].free_text and any(map(_is_free_char, value)):
+                char = next(c for c in value if _is_free_char(c))
+                raise BadTarget(f"request target {target.raw!r}: decoded path contains "
+                                f"{_char_name(char)} in the {name} parameter; only network "
+                                "names may hold spaces, non-ASCII, ? # \\ (the daemon allows "
+                                "them in no other name)")
     return match
 
 
@@ -480,9 +503,20 @@ def _char_name(char: str) -> str:
     return repr(char) if char.isprintable() and char != " " else f"U+{ord(char):04X}"
 
 
-def _check_decoded(path: str, raw: str, stage: str) -> None:
-    """Rules every decoding stage of the path must pass."""
+def _is_free_char(char: str) -> bool:
+    """A character only a free-text parameter may hold: space, ? # \\, printable non-ASCII."""
+    return char in " ?#\\" or (ord(char) >= 0x80 and char.isprintable())
+
+
+def _check_decoded(path: str, raw: str, stage: str, *, free: bool = False) -> None:
+    """Rules every decoding stage of the path must pass.
+
+    ``free``: the characters of ``_is_free_char`` are let through (classify then
+    checks that they sit inside a free-text parameter).
+    """
     for char in path:
+        if free and _is_free_char(char):
+            continue
         if ord(char) < 0x21 or ord(char) >= 0x7F:
             raise BadTarget(f"request target {raw!r}: {stage} path contains "
                             f"{_char_name(char)} (control, space or non-ASCII)")
@@ -520,10 +554,10 @@ def _clean(path: str) -> str:
 
 def _decode(path: str, raw: str, stage: str) -> str:
     try:
-        return unquote_to_bytes(path).decode("ascii")
+        return unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
-        raise BadTarget(f"request target {raw!r}: {stage} path contains non-ASCII "
-                        "bytes") from None
+        raise BadTarget(f"request target {raw!r}: {stage} path contains bytes that are not "
+                        "UTF-8") from None
 
 
 def _canonical_version(version: str) -> str | None:
@@ -537,12 +571,15 @@ def _canonical_version(version: str) -> str | None:
 def parse_target(raw: str) -> Target:
     """Parse an origin-form request target, or raise BadTarget saying what is wrong.
 
-    The path is percent-decoded once, like the daemon. The same structural rules
-    (no dot segment, no empty segment, no encoded "/", "?", "#", "\\", controls or
-    non-ASCII) hold for the raw path, the path decoded once, twice, and again until
+    The path is percent-decoded once (as UTF-8), like the daemon. The same
+    structural rules (no dot segment, no empty segment, no encoded "/", no
+    controls) hold for the raw path, the path decoded once, twice, and again until
     decoding changes nothing: the daemon decodes once, but a component that decodes
-    again must not see a different path either. ``%2563`` stays allowed: once decoded
-    it is the literal ``%63``, which no route matches.
+    again must not see a different path either. ``%2563`` stays allowed: once
+    decoded it is the literal ``%63``, which no route matches. Encoded spaces,
+    non-ASCII, "?", "#" and "\\" are let through the decoded path
+    (``Target.free_text``) unless a second decoding would change the path;
+    ``classify`` decides whether the parameter they sit in may hold them.
     """
     if raw == "":
         raise BadTarget("empty request target; expected an origin-form path like /version")
@@ -589,11 +626,13 @@ def parse_target(raw: str) -> Target:
     if once.count("/") != path.count("/"):
         raise BadTarget(f"request target {raw!r} encodes '/' (%2F) in the path; the daemon "
                         "routes the decoded slash: send it literally")
-    _check_decoded(once, raw, "decoded")
+    _check_decoded(once, raw, "decoded", free=True)
     twice = _decode(once, raw, "twice-decoded")
     if twice.count("/") != once.count("/"):
         raise BadTarget(f"request target {raw!r} double-encodes '/' (%252F) in the path")
-    _check_decoded(twice, raw, "twice-decoded")
+    # A path that a second decoding changes may not carry the free-text characters
+    # (no double-decoding games: %253F is the literal "%3F", never a "?").
+    _check_decoded(twice, raw, "twice-decoded", free=twice == once)
     # And so on, however often a component decodes: %25252e is "." to the third one.
     # Each decoding that changes the path shortens it, so this ends.
     stage = twice
@@ -606,6 +645,7 @@ def parse_target(raw: str) -> Target:
                             "repeatedly it is a '/')")
         _check_decoded(again, raw, "repeatedly decoded")
         stage = again
+    free_text = any(map(_is_free_char, once))
 
     version: str | None = None
     api_path = once
@@ -621,4 +661,4 @@ def parse_target(raw: str) -> Target:
         version = candidate
         api_path = "/" + "/".join(segments[2:])
     return Target(raw=raw, path=once, version=version, api_path=api_path,
-                  query=query if sep else "")
+                  query=query if sep else "", free_text=free_text)

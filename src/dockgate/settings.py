@@ -215,6 +215,11 @@ TABLE: tuple[Setting, ...] = (
     Setting("admin_listen", "DOCKGATE_ADMIN_LISTEN", "--admin-listen", _text, None,
             "HOST:PORT of the admin listener, outside every policy: /healthz (alive), "
             "/readyz (the daemon answers /_ping), /metrics (off when unset)", "HOST:PORT"),
+    Setting("admin_live", "DOCKGATE_ADMIN_LIVE", "--admin-live", _strict_bool, False,
+            "serve the live decision view at /live on the admin listener (with one "
+            "worker; a non-loopback admin address needs --admin-token-file)", "BOOL"),
+    Setting("admin_token_file", "DOCKGATE_ADMIN_TOKEN_FILE", "--admin-token-file", _text,
+            None, "file holding the bearer token the live view asks for", "FILE"),
     Setting("learn", "DOCKGATE_LEARN", "--learn", _text, None,
             "learn mode: append what each request used (client, operation, container, "
             "body features; no secrets) as JSON lines to FILE, for `dockgate policy "
@@ -258,6 +263,8 @@ class Settings:
     workers: int
     metrics_listen: str | None
     admin_listen: str | None
+    admin_live: bool
+    admin_token_file: str | None
     learn: str | None
     learn_allow_all: bool
     learn_max_bytes: int
@@ -273,6 +280,17 @@ class Settings:
     def upstream_url(self) -> str:
         """The daemon URL in effect: --upstream, else unix://SOCKET_PATH."""
         return self.upstream or f"unix://{self.socket_path}"
+
+
+def reference() -> str:
+    """docs/settings.md's table: every setting, generated from this table."""
+    rows = ["| Flag | Environment variable | Default | Meaning |", "|---|---|---|---|"]
+    for setting in TABLE:
+        default = "" if setting.default is None else f"`{_show(setting)}`"
+        meaning = setting.help.replace("|", "\\|")
+        rows.append(f"| `{setting.flag} {setting.metavar}` | `{setting.env}` | {default} | "
+                    f"{meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -315,6 +333,12 @@ def load(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
     ):
         raise ConfigError("a tls:// listener needs --tls-cert and --tls-key "
                           "(DOCKGATE_TLS_CERT, DOCKGATE_TLS_KEY)")
+    if settings.admin_live and not settings.admin_listen:
+        raise ConfigError("--admin-live (DOCKGATE_ADMIN_LIVE) serves the view on the admin "
+                          "listener: add --admin-listen 127.0.0.1:PORT")
+    if settings.admin_live and settings.workers > 1:
+        # Each worker sees its own requests only; one page must show them all.
+        raise ConfigError("--admin-live works with one worker only (DOCKGATE_WORKERS=1)")
     if settings.learn_allow_all and not settings.learn:
         raise ConfigError("--learn-allow-all (DOCKGATE_LEARN_ALLOW_ALL) forwards every "
                           "request and exists only for recording: add --learn FILE")

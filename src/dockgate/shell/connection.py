@@ -111,7 +111,7 @@ class Host(Protocol):
     decider: Decider
     upstream: Upstream
     shutting_down: bool
-    recorder: learnlog.Recorder | None
+    recorder: learnlog.Observer | None
 
     connections: set[ClientConnection]
 

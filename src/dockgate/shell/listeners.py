@@ -21,7 +21,7 @@ import struct
 from typing import Any
 from urllib.parse import urlsplit
 
-from dockgate import systemd
+from dockgate import startup, systemd
 from dockgate.decision import Client
 from dockgate.errors import ConfigError
 from dockgate.settings import Settings
@@ -117,10 +117,15 @@ def bind_listeners(settings: Settings, listeners: list[Listener]) -> list[BoundL
                 if host == "::" and settings.disable_ipv6:
                     host = "0.0.0.0"
                 sockets = _bind_tcp(host, listener.port)
-                names = [f"{listener.kind}://{name[0]}:{name[1]}"
+                names = [f"{listener.kind}://{startup.host_form(name[0])}:{name[1]}"
                          for name in (sock.getsockname() for sock in sockets)]
             bound.append(BoundListener(listener, sockets, context, names))
         inherited.check_all_claimed()
+    except OSError as error:
+        inherited.close()
+        close_listeners(bound)
+        raise startup.ListenError(startup.bind_problem(
+            listener.url, listener.kind, listener.port, listener.path, error)) from None
     except BaseException:
         inherited.close()
         close_listeners(bound)

@@ -55,7 +55,7 @@ class Proxy:
         self.bound: list[str] = []
         self.owns_files = False
         self.quiet: asyncio.Event | None = None
-        self.recorder = learnlog.recorder(settings.learn, settings.learn_max_bytes)
+        self.recorder = learnlog.recorder(settings)
 
     async def start(self, bound: list[BoundListener] | None = None) -> None:
         """Serve on ``bound`` (sockets a supervisor bound before forking), else bind now.
@@ -131,8 +131,8 @@ async def serve(settings: Settings, decider: Decider,
     proxy = Proxy(settings, decider)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    # Handlers first: a client may connect (and an operator send SIGHUP) as soon as a
-    # socket listens, and SIGHUP's default action would end the process.
+    # Before listening: a client may signal as soon as it can connect (SIGHUP's
+    # default action would kill the process).
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if reload is not None:
