@@ -34,8 +34,12 @@ LABEL org.opencontainers.image.title="dockgate" \
 
 COPY --from=builder /opt/dockgate/ /opt/dockgate/
 COPY LICENSE /opt/dockgate/LICENSE
+# /run/dockgate-gateway: where deploy/compose.yaml mounts the MCP gateway's socket
+# volume. A new named volume takes this directory's owner, so dockgate (uid 10001,
+# read-only root filesystem) can create its listener socket in it.
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin dockgate
+        --shell /usr/sbin/nologin dockgate \
+    && install -d -o 10001 -g 10001 -m 0755 /run/dockgate-gateway
 COPY healthcheck.py /opt/dockgate/healthcheck.py
 
 # The admin listener on loopback: /readyz for the HEALTHCHECK, outside every client

@@ -24,9 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+import hypothesis
 import pytest
 
 from fakedaemon import FakeDaemon
+
+# Hypothesis' per-example deadline (200 ms) is a timing used as pass/fail: on a loaded
+# machine it fails correct code (and its failure report then trips -W error).
+hypothesis.settings.register_profile("dockgate", deadline=None)
+hypothesis.settings.load_profile("dockgate")
 
 DOCKER_SOCKET = os.environ.get("DOCKGATE_TEST_SOCKET", "/var/run/docker.sock")
 BUSYBOX_IMAGE = "dockgate-test/busybox:latest"

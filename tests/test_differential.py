@@ -232,7 +232,9 @@ class KeepAliveClient:
             self.sock = None
 
 
-def wait_for_socket(path: Path, timeout: float = 10.0) -> None:
+def wait_for_socket(path: Path, timeout: float = 60.0) -> None:
+    # Generous: four combinations start Python processes at once, and on a loaded
+    # machine one took more than 10 s to listen.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():

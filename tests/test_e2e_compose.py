@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 DOCKER_COMPOSE = "/usr/bin/docker-compose"
 GATEWAY = "pocketcoder-mcp-gateway"
+SOCKET = "/run/dockgate-gateway/docker.sock"  # dockgate's gateway listener
 
 
 def compose_config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -60,20 +61,51 @@ def test_the_socket_group_must_be_given() -> None:
     assert "set DOCKER_SOCKET_GID" in result.stderr
 
 
-def test_dockgate_is_restart_only_for_the_gateway_and_hardened(config: dict[str, Any]) -> None:
-    """The proxy grants restart and inspect of the one gateway the compose file defines."""
+def test_dockgate_serves_the_shipped_policy_on_both_listeners_hardened(
+        config: dict[str, Any]) -> None:
+    """The proxy decides by deploy/dockgate-policy.yaml, for the relay and for the gateway."""
     dockgate = config["services"]["dockgate"]
     assert config["services"]["mcp-gateway"]["container_name"] == GATEWAY
-    assert dockgate["environment"]["ALLOW_RESTART_CONTAINERS"] == GATEWAY
-    assert dockgate["environment"]["ALLOW_INSPECT_CONTAINERS"] == GATEWAY
-    assert not {"CONTAINERS", "POST", "ALLOW_RESTARTS"} & set(dockgate["environment"])
-    assert dockgate["environment"]["DOCKGATE_LISTEN"] == "tcp://0.0.0.0:2375"
-    assert dockgate["volumes"] == ["/var/run/docker.sock:/var/run/docker.sock:ro"]
+    assert dockgate["environment"]["DOCKGATE_POLICY"] == "/etc/dockgate/policy.yaml"
+    assert not {"CONTAINERS", "POST", "ALLOW_RESTARTS", "ALLOW_RESTART_CONTAINERS"} & set(
+        dockgate["environment"])
+    assert dockgate["environment"]["DOCKGATE_LISTEN"] == f"tcp://0.0.0.0:2375,unix://{SOCKET}"
+    assert dockgate["volumes"] == [
+        "/var/run/docker.sock:/var/run/docker.sock:ro",
+        f"{ROOT}/deploy/dockgate-policy.yaml:/etc/dockgate/policy.yaml:ro",
+        f"{ROOT}/deploy/mcp_config:/mcp_config:ro",
+        "gateway-socket:/run/dockgate-gateway:rw"]
     assert dockgate["group_add"] == ["106"]
     assert "ports" not in dockgate
     assert dockgate["read_only"] is True
     assert dockgate["cap_drop"] == ["ALL"]
     assert dockgate["security_opt"] == ["no-new-privileges:true"]
+
+
+def test_the_raw_docker_socket_is_mounted_into_dockgate_alone(config: dict[str, Any]) -> None:
+    """Whoever mounts /var/run/docker.sock is root on the host: only the proxy may."""
+    mounting = sorted(name for name, service in config["services"].items()
+                      for volume in service.get("volumes") or ()
+                      if volume.split(":", 1)[0] in ("/var/run/docker.sock", "/run/docker.sock",
+                                                     "/var/run", "/run"))
+    assert mounting == ["dockgate"]
+
+
+def test_the_gateway_sees_dockgates_listener_as_its_docker_socket(
+        config: dict[str, Any]) -> None:
+    """Its SDK client and its docker run subprocess both use /var/run/docker.sock."""
+    gateway = config["services"]["mcp-gateway"]
+    assert "gateway-socket:/var/run:rw" in gateway["volumes"]
+    assert "DOCKER_HOST" not in (gateway.get("environment") or {})
+    assert gateway["depends_on"]["dockgate"]["condition"] == "service_healthy"
+    assert config["volumes"] == {"gateway-socket": {}}
+    policy = yaml.safe_load((ROOT / "deploy" / "dockgate-policy.yaml").read_text())
+    assert policy["listeners"] == {f"unix://{SOCKET}": "mcp-gateway"}
+    assert policy["default"] == "mcp-relay"
+    images = "/mcp_config/approved-images.txt"
+    assert f"--images-file={images}" in config["services"]["mcp-relay"]["command"]
+    assert all(grant.get("images_from", images) == images
+               for grant in policy["policies"]["mcp-gateway"]["grants"])
 
 
 def test_only_backend_and_proxy_share_the_internal_api_network(config: dict[str, Any]) -> None:
@@ -125,10 +157,35 @@ def test_policy_file_form_decides_like_the_environment_form(
     assert (result.returncode == 0) is allowed, result.stdout + result.stderr
 
 
-def test_policy_file_lints_clean() -> None:
-    """`dockgate policy lint` finds nothing suspicious in the shipped policy."""
-    policy = ROOT / "deploy" / "dockgate-policy.yaml"
+def test_policy_file_lints_clean(tmp_path: Path) -> None:
+    """`dockgate policy lint` finds nothing suspicious in the shipped policy.
+
+    Its image list is written by the relay at run time; lint reports a missing one,
+    so this copy points at an existing (empty) list.
+    """
+    text = (ROOT / "deploy" / "dockgate-policy.yaml").read_text()
+    assert text.count("/mcp_config/approved-images.txt") == 2
+    (tmp_path / "approved-images.txt").write_text("")
+    policy = tmp_path / "dockgate-policy.yaml"
+    policy.write_text(text.replace("/mcp_config/approved-images.txt", "approved-images.txt"))
     result = subprocess.run([sys.executable, "-m", "dockgate", "policy", "lint", str(policy)],
                             capture_output=True, text=True, check=False)
-    assert result.returncode == 0
+    assert result.returncode == 0, result.stdout
     assert result.stdout.strip() == f"{policy}: OK"
+
+
+@pytest.mark.parametrize(("method", "target", "allowed"), [
+    ("GET", "/containers/json", True),
+    ("POST", "/containers/pocketcoder-backend/exec", False),
+    ("POST", f"/containers/{GATEWAY}/restart", False),
+    ("GET", "/info", False),
+])
+def test_the_gateways_listener_decides_by_the_mcp_gateway_policy(
+        method: str, target: str, allowed: bool) -> None:
+    """The migration's check (docs/mcp-gateway.md): as the gateway's unix listener sees it."""
+    policy = str(ROOT / "deploy" / "dockgate-policy.yaml")
+    result = subprocess.run([sys.executable, "-m", "dockgate", "check", "--policy", policy,
+                             "--client", f"uid=0,listener=unix://{SOCKET}", method, target],
+                            capture_output=True, text=True, check=False)
+    assert (result.returncode == 0) is allowed, result.stdout + result.stderr
+    assert "policy:    mcp-gateway" in result.stdout

@@ -22,8 +22,9 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import DOCKER_SOCKET, unique_name
+from conftest import DOCKER_SOCKET, discard, unique_name
 from dockgate import __version__
+from test_gateway_daemon import APPROVED, DOCKER_CLI, OWNER, gateway_policy, shell_quote
 
 # Building the image (debootstrap when the base is not cached) needs more than the default.
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(600)]
@@ -251,3 +252,64 @@ def test_a_per_client_policy_without_default_is_still_healthy(
         assert wait_healthy(container) == "healthy", container.logs().decode()
     finally:
         container.remove(force=True)
+
+
+def test_the_compose_wiring_runs_the_gateways_docker_run_through_the_image(
+        docker_client: docker.DockerClient, image: str, busybox_image: str,
+        tmp_path: Path) -> None:
+    """deploy/compose.yaml's gateway wiring with the real image and the shipped policy.
+
+    A new named volume (as compose makes it) holds dockgate's gateway listener;
+    the stand-in gateway mounts it at /var/run and has no other Docker access.
+    """
+    docker_client.images.get(busybox_image).tag(APPROVED)
+    config = tmp_path / "mcp_config"
+    config.mkdir()
+    (config / "approved-images.txt").write_text(f"{APPROVED}\n")
+    policy = tmp_path / "dockgate-policy.yaml"
+    standin_name = unique_name("relay-imgmcp")
+    policy.write_text(gateway_policy(standin_name, Path("/mcp_config/approved-images.txt")))
+    for path in (tmp_path, config):
+        path.chmod(0o755)
+    for path in (policy, config / "approved-images.txt"):
+        path.chmod(0o644)
+    volume = docker_client.volumes.create(unique_name("relay-gwsock"))
+    started: list[Any] = []
+    try:
+        started.append(docker_client.containers.run(
+            image, name=unique_name("relay-imgdg"), network_mode="none", detach=True,
+            group_add=[str(os.stat(DOCKER_SOCKET).st_gid)],
+            read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
+            volumes={DOCKER_SOCKET: {"bind": "/var/run/docker.sock", "mode": "ro"},
+                     str(policy): {"bind": "/etc/dockgate/policy.yaml", "mode": "ro"},
+                     str(config): {"bind": "/mcp_config", "mode": "ro"},
+                     volume.name: {"bind": "/run/dockgate-gateway", "mode": "rw"}},
+            environment={"DOCKGATE_POLICY": "/etc/dockgate/policy.yaml",
+                         "DOCKGATE_LISTEN": "tcp://0.0.0.0:2375,"
+                                            "unix:///run/dockgate-gateway/docker.sock"}))
+        standin = docker_client.containers.run(
+            busybox_image, ["sleep", "600"], name=standin_name, network_mode="none",
+            detach=True, environment={"HOME": "/tmp"},
+            volumes={volume.name: {"bind": "/var/run", "mode": "rw"},
+                     DOCKER_CLI: {"bind": DOCKER_CLI, "mode": "ro"}})
+        started.append(standin)
+        deadline = time.monotonic() + 30
+        while standin.exec_run(["test", "-S", "/var/run/docker.sock"])[0] != 0:
+            assert time.monotonic() < deadline, started[0].logs().decode()
+            time.sleep(0.2)
+        line = '{"jsonrpc": "2.0", "id": 1}'
+        code, output = standin.exec_run(["sh", "-c", f"printf '%s\\n' {shell_quote(line)} | "
+                                         f"{DOCKER_CLI} run --rm -i --init --network none "
+                                         f"--label docker-mcp=true {APPROVED} cat"])
+        assert (code, output.decode().strip()) == (0, line), started[0].logs().decode()
+        code, output = standin.exec_run([DOCKER_CLI, "run", "--rm", "--network", "none",
+                                         "--privileged", APPROVED, "true"])
+        assert code != 0
+        assert b"dockgate: POST /containers/create denied" in output
+    finally:
+        for container in docker_client.containers.list(
+                all=True, filters={"label": f"dockgate.owner={OWNER}"}):
+            discard(container)
+        for container in started:
+            discard(container)
+        volume.remove(force=True)

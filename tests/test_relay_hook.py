@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import free_port
+from dockgate.policy_owner import read_image_list
 from mcprelay.dockerhttp import endpoint_from_env
 from mcprelay.hook import HookServer
 from mcprelay.relay import Relay, RelayConfig
@@ -164,3 +165,27 @@ def test_failed_restart_is_502_with_the_error_class(files: RelayConfig) -> None:
         status, answer = post_event(server, {"event": "approved", "server": GITHUB})
         assert (status, answer["error"]) == (502, "unreachable")
         assert "Connection refused" in answer["message"]
+
+
+def test_events_rewrite_the_approved_image_list_dockgate_reads(tmp_path: Path) -> None:
+    """Approve adds the server's image (by digest when pinned), revoke removes it."""
+    images = tmp_path / "approved-images.txt"
+    config = RelayConfig(catalog=tmp_path / "docker-mcp.yaml", env_file=tmp_path / "s.env",
+                         state=tmp_path / "state.json", images_file=images)
+    pinned = {"name": "fetch", "image": "mcp/fetch@sha256:" + "ab" * 32}
+    with start_hook(config) as server:
+        assert post_event(server, {"event": "approved", "server": GITHUB})[0] == 200
+        assert post_event(server, {"event": "approved", "server": pinned})[0] == 200
+        listed = read_image_list(str(images))
+        assert listed.admits("mcp/github:latest")
+        assert listed.admits(pinned["image"])
+        assert not listed.admits("mcp/fetch:latest"), "a pinned server is approved by digest"
+        assert images.stat().st_mode & 0o777 == 0o644
+        status, _ = post_event(server, {"event": "approved",
+                                        "server": {"name": "Bad", "image": "mcp/x"}})
+        assert status == 422
+        assert len(read_image_list(str(images)).entries) == 2
+        assert post_event(server, {"event": "revoked", "server": {"name": "github"}})[0] == 200
+    listed = read_image_list(str(images))
+    assert not listed.admits("mcp/github:latest")
+    assert listed.admits(pinned["image"])

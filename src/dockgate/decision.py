@@ -106,6 +106,27 @@ def volume_facts(ref: str, status: int, data: Any) -> VolumeFacts | None:
 
 
 @dataclass(frozen=True)
+class NetworkFacts:
+    """A network as the daemon resolved a reference to it (``GET /networks/{ref}``)."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
+
+
+def network_facts(ref: str, status: int, data: Any) -> NetworkFacts | None:
+    """The daemon's answer about network REF as facts; None when unknown or ambiguous."""
+    message = str(data.get("message", "")) if isinstance(data, dict) else ""
+    if status == 404 or (status == 400 and "ambiguous" in message):
+        return None
+    if status != 200 or not isinstance(data, dict):
+        raise _failed(status, f"network {ref!r}")
+    labels = data.get("Labels") or {}
+    return NetworkFacts(id=str(data.get("Id", "")), name=str(data.get("Name", "")),
+                        labels={str(k): str(v) for k, v in labels.items()})
+
+
+@dataclass(frozen=True)
 class Facts:
     """Facts the shell fetched because a decider asked for them."""
 
@@ -117,6 +138,7 @@ class Facts:
     # Keyed by the exec ID / volume name as asked; None: the daemon knows no such one.
     execs: Mapping[str, ExecFacts | None] = field(default_factory=dict)
     volumes: Mapping[str, VolumeFacts | None] = field(default_factory=dict)
+    networks: Mapping[str, NetworkFacts | None] = field(default_factory=dict)
 
 
 NO_FACTS = Facts()
@@ -124,12 +146,14 @@ NO_FACTS = Facts()
 
 @dataclass(frozen=True)
 class NeedFacts:
-    """Ask the shell to resolve references (containers, execs, volumes) and/or read the body."""
+    """Ask the shell to resolve references (containers, execs, volumes, networks) and/or
+    read the body."""
 
     containers: tuple[str, ...] = ()
     body: bool = False
     execs: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
 
 
 class ResponseFilter(Protocol):

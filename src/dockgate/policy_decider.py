@@ -27,6 +27,7 @@ forwards a rebuilt body labelled with the policy's name (policy_scope).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -54,6 +55,17 @@ from dockgate.policy_match import (
     image_matches,
     normalize_listener,
     primary_name,
+)
+from dockgate.policy_owner import (
+    CONNECT_OPERATIONS,
+    OWNED_BY,
+    OWNED_CREATES,
+    ImageList,
+    OwnershipError,
+    append_member,
+    connect_container,
+    owner_body,
+    pull_reference,
 )
 from dockgate.policy_scope import (
     OWN_VOLUMES,
@@ -94,6 +106,7 @@ class Operations:
     # operations on one exec (scoped by its container) and on one named volume
     exec_ref: frozenset[str] = frozenset()
     volume_ref: frozenset[str] = frozenset()
+    network_ref: frozenset[str] = frozenset()  # operations on one network in the path
 
     @classmethod
     def from_routes(cls, table: Iterable[routes.Route]) -> Operations:
@@ -104,7 +117,10 @@ class Operations:
         image_ref: dict[str, str | None] = {}
         exec_ref: set[str] = set()
         volume_ref: set[str] = set()
+        network_ref: set[str] = set()
         for op, rows in by_op.items():
+            if all("network" in r.param_names for r in rows):
+                network_ref.add(op)
             if all("container" in r.param_names for r in rows):
                 container_ref[op] = "container"
             elif all("image" in r.param_names for r in rows):
@@ -116,7 +132,7 @@ class Operations:
             elif all("volume" in r.param_names for r in rows):
                 volume_ref.add(op)
         return cls(frozenset(by_op), container_ref, image_ref, frozenset(exec_ref),
-                   frozenset(volume_ref))
+                   frozenset(volume_ref), frozenset(network_ref))
 
     @property
     def container_scopable(self) -> frozenset[str]:
@@ -157,6 +173,8 @@ class Grant:
     redact: frozenset[str] = frozenset()  # inspect answers without these (REDACTABLE)
     exec_rules: ExecRules | None = None
     volumes: VolumeScope | None = None
+    image_list: ImageList | None = None  # images_from: a file of approved images
+    network_owner: str | None = None  # networks: {own: true}: networks with this owner
 
     @property
     def rule(self) -> str:
@@ -168,9 +186,16 @@ class Grant:
 
     def admits_image_ref(self, match: routes.Match, param: str | None) -> bool:
         """Image scope of an image operation: the path name or ``fromImage`` must match."""
-        if self.images is None or match.operation == CREATE_OPERATION:
+        if match.operation == CREATE_OPERATION:
             return True
         query = match.target.query_params()
+        if self.image_list is not None:
+            # Exact references only: a pull needs one tag or digest (none pulls them all).
+            ref = match.params[param] if param is not None else pull_reference(query)
+            tagging = match.route.template.endswith("/tag")
+            return not tagging and self.image_list.admits(ref)
+        if self.images is None:
+            return True
         refs = [match.params[param] if param is not None else _reference(query, "fromImage")]
         if match.route.template.endswith("/tag"):
             refs.append(_reference(query, "repo"))
@@ -185,7 +210,8 @@ class Grant:
         is a host bind mount).
         """
         if operation == CREATE_OPERATION:
-            return self.create_deny is not None or self.images is not None
+            return self.create_deny is not None or self.images is not None \
+                or self.image_list is not None
         if operation == EXEC_CREATE_OPERATION:
             return self.exec_deny is not None
         if operation == VOLUME_CREATE_OPERATION:
@@ -234,6 +260,8 @@ class Grant:
             return f"the create body asks for {problems[0]}"
         if self.images is not None and not (image and image_matches(image, self.images)):
             return f"image {image!r} is not among {', '.join(self.images)}"
+        if self.image_list is not None and not self.image_list.admits(image):
+            return f"image {image!r} is not among {self.image_list.describe()}"
         return None
 
 
@@ -254,9 +282,13 @@ class OperationIndex:
     by_name: dict[str, list[Grant]] = field(default_factory=dict)
     patterns: list[Grant] = field(default_factory=list)   # globs or labels
     volume_scoped: list[Grant] = field(default_factory=list)  # volume ops with volumes:
+    networks: list[Grant] = field(default_factory=list)   # networks: {own: true}
 
     def add(self, grant: Grant, operation: str) -> None:
         scope = grant.containers
+        if grant.network_owner is not None:
+            self.networks.append(grant)
+            return
         if grant.volumes is not None and operation != CREATE_OPERATION:
             self.volume_scoped.append(grant)
             return
@@ -301,6 +333,7 @@ class Policy:
 
     name: str
     grants: list[Grant]
+    owner: str | None = None  # the dockgate.owner label of what this policy's client creates
     index: dict[str, OperationIndex] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -407,6 +440,13 @@ class PolicyDecider:
     def name(self) -> str:
         return f"policy:{self.label}"
 
+    @property
+    def watched(self) -> tuple[tuple[str, tuple[int, int, int] | None], ...]:
+        """The image-list files this policy read, each with its stamp when it was read."""
+        return tuple(sorted({(grant.image_list.path, grant.image_list.stamp)
+                             for policy in self.policies.values()
+                             for grant in policy.grants if grant.image_list is not None}))
+
     def policy_for(self, client: Client) -> Policy | None:
         """The first client rule that matches, else the listener's default, else none."""
         for rule in self.clients:
@@ -436,6 +476,11 @@ class PolicyDecider:
                            self.grant_hint or self._narrowest(match),
                            rule=f"policy {policy.name!r}")
         params = match.target.query_params()
+        if index.networks and not index.open and "network" in match.params:
+            admitted = [g for g in index.networks if g.admits_query(operation, params)]
+            if not admitted:
+                return _query_denied(request, policy, operation)
+            return _owned_network(request, match, admitted, facts)
         if operation in (LIST_OPERATION, EVENTS_OPERATION):
             return self._filtered(request, policy, index, operation, params=params,
                                   facts=facts)
@@ -443,6 +488,9 @@ class PolicyDecider:
             return self._volume(request, policy, index, match, params=params, facts=facts)
         decision = self._decide(request, policy, index, match=match, facts=facts,
                                 params=params)
+        if policy.owner is not None and operation in OWNED_CREATES \
+                and isinstance(decision, Allow):
+            return _owned(request, policy.owner, decision, facts)
         if operation != START_OPERATION or isinstance(decision, Deny):
             return decision
         if facts.body is None:
@@ -588,6 +636,13 @@ class PolicyDecider:
         if open_ok:
             return self._by_body(request, policy, open_ok, match=match, facts=facts,
                                  target=None)
+        if not index.scoped and any(g.admits_query(operation, params) for g in index.open):
+            # Only the image scope said no: say so, not "query constraints".
+            image = match.params[image_param] if image_param is not None else \
+                _reference(params, "fromImage")
+            return _denied(request, f"{operation} of image {image!r} is not granted by policy "
+                           f"{policy.name!r}", "its images: or images_from: scope does not "
+                           "cover it", rule=f"policy {policy.name!r}")
         if not index.scoped:
             return _query_denied(request, policy, operation)
         if operation in self.ops.exec_ref:
@@ -694,6 +749,66 @@ def _sent(request: Request, target: str | None) -> str:
     and the forwarded (pinned) target."""
     return " ".join((request.target.path, unquote(request.target.query),
                      unquote(target or "")))
+
+
+def _owned(request: Request, owner: str, allowed: Allow, facts: Facts) -> Decision:
+    """An owner's create: forward the body with the owner label merged in, or deny."""
+    if facts.body is None:
+        return NeedFacts(body=True)
+    operation = request.match.operation if request.match is not None else ""
+    try:
+        body = owner_body(operation, facts.body, owner)
+    except OwnershipError as error:
+        return _denied(request, f"{operation}: {error}", "dockgate labels what this client "
+                       "creates as its own; send the body without that", rule=allowed.rule)
+    return dataclasses.replace(allowed, body=body)
+
+
+def _owned_network(request: Request, match: routes.Match, grants: list[Grant],
+                   facts: Facts) -> Decision:
+    """A network operation of an owner: the network, and a connected container, are its own.
+
+    Both are resolved through the daemon and forwarded by full ID (the network in
+    the path, the container as the body's last ``Container`` member), so the
+    objects checked are the objects the daemon acts on.
+    """
+    grant = grants[0]
+    owner = grant.network_owner
+    operation = match.operation
+    reference = match.params["network"]
+    with_container = operation in CONNECT_OPERATIONS
+    if with_container and facts.body is None:
+        return NeedFacts(body=True)
+    container_ref = None
+    if with_container and facts.body is not None:
+        try:
+            container_ref = connect_container(facts.body)
+        except OwnershipError as error:
+            return _denied(request, f"{operation}: {error}", "name the container to "
+                           "connect in Container", rule=grant.rule)
+    missing_network = () if reference in facts.networks else (reference,)
+    missing_container = () if container_ref is None or container_ref in facts.containers \
+        else (container_ref,)
+    if missing_network or missing_container:
+        return NeedFacts(networks=missing_network, containers=missing_container,
+                         body=with_container)
+    network = facts.networks[reference]
+    if network is None or not _FULL_ID.fullmatch(network.id) \
+            or network.labels.get(OWNED_BY) != owner:
+        return _denied(request, f"{operation} of network {reference!r} is not granted",
+                       f"only networks this client created (labelled {OWNED_BY}={owner})",
+                       rule=grant.rule)
+    body = None
+    if container_ref is not None and facts.body is not None:
+        container = facts.containers[container_ref]
+        if container is None or not _FULL_ID.fullmatch(container.id) \
+                or container.labels.get(OWNED_BY) != owner:
+            return _denied(request, f"{operation} of container {container_ref!r} is not "
+                           "granted", f"only containers this client created (labelled "
+                           f"{OWNED_BY}={owner})", rule=grant.rule)
+        body = append_member(facts.body, "Container", container.id)
+    return Allow(rule=grant.rule, target=match.with_param("network", network.id), body=body,
+                 error_answer=ScopedErrors(_sent(request, None)))
 
 
 def _query_denied(request: Request, policy: Policy, operation: str) -> Deny:

@@ -9,6 +9,7 @@ warning that ``dockgate policy lint`` prints.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Any
@@ -40,14 +41,15 @@ from dockgate.policy_match import (
     normalize_pattern,
     normalize_query_value,
 )
+from dockgate.policy_owner import OWNED_BY, OWNER_NAME, ImageList, read_image_list
 from dockgate.policy_scope import ExecRules, VolumeScope
 from dockgate.policy_yaml import Source, compose, integer, mapping, sequence, suggest, text, texts
 
 _TOP_KEYS = ("version", "policies", "clients", "listeners", "default")
-_POLICY_KEYS = ("description", "grants")
-_GRANT_KEYS = ("allow", "containers", "images", "volumes", "query", "create", "exec",
-               "redact")
-_CONTAINER_KEYS = ("names", "globs", "labels")
+_POLICY_KEYS = ("description", "owner", "grants")
+_GRANT_KEYS = ("allow", "containers", "networks", "images", "images_from", "volumes", "query",
+               "create", "exec", "redact")
+_CONTAINER_KEYS = ("names", "globs", "labels", "own")
 _VOLUME_KEYS = ("names", "globs", "labels", "own")
 _CREATE_KEYS = ("deny",)
 _EXEC_KEYS = ("deny", "commands")
@@ -114,26 +116,34 @@ class _Compiler:
         policies: dict[str, Policy] = {}
         lines: dict[str, int] = {}
         for name, key_node, body in mapping(node, self.source, "policies"):
+            parts = {key: value for key, _key_node, value
+                     in mapping(body, self.source, f"policy {name!r}", _POLICY_KEYS)}
+            if "description" in parts:
+                text(parts["description"], self.source, "description")
+            owner = self.owner(parts["owner"]) if "owner" in parts else None
             grants: list[Grant] = []
-            for key, _key_node, value in mapping(body, self.source, f"policy {name!r}",
-                                                 _POLICY_KEYS):
-                if key == "description":
-                    text(value, self.source, "description")
-                else:
-                    items = sequence(value, self.source, f"policy {name!r} grants")
-                    grants = [self.grant(name, number, item)
-                              for number, item in enumerate(items, start=1)]
+            if "grants" in parts:
+                items = sequence(parts["grants"], self.source, f"policy {name!r} grants")
+                grants = [self.grant(name, number, item, owner)
+                          for number, item in enumerate(items, start=1)]
             if not grants:
                 raise self.source.error(key_node, f"policy {name!r} has no grants; list them "
                                         "under grants: (a policy that allows nothing needs no "
                                         "definition: unbound clients get nothing)")
-            policies[name] = Policy(name, grants)
+            policies[name] = Policy(name, grants, owner=owner)
             lines[name] = key_node.start_mark.line + 1
         if not policies:
             raise self.source.error(node, "policies: is empty; define at least one policy")
         return policies, lines
 
-    def grant(self, policy: str, number: int, node: yaml.Node) -> Grant:
+    def owner(self, node: yaml.Node) -> str:
+        owner = text(node, self.source, "owner")
+        if not OWNER_NAME.fullmatch(owner):
+            raise self.source.error(node, f"owner {owner!r} is not a label value dockgate "
+                                    "can use: letters, digits, _ . - (at most 63)")
+        return owner
+
+    def grant(self, policy: str, number: int, node: yaml.Node, owner: str | None) -> Grant:
         parts = {key: (key_node, value) for key, key_node, value
                  in mapping(node, self.source, f"policy {policy!r} grant {number}", _GRANT_KEYS)}
         if "allow" not in parts:
@@ -146,8 +156,28 @@ class _Compiler:
         if "containers" in parts and "images" in parts:
             raise self.source.error(parts["images"][0], "a grant is scoped by containers: or "
                                     "by images:, not both; split it into two grants")
+        image_list: ImageList | None = None
+        if "images" in parts and "images_from" in parts:
+            raise self.source.error(parts["images_from"][0], "a grant takes images: or "
+                                    "images_from:, not both; split it into two grants")
+        if "containers" in parts and "images_from" in parts:
+            raise self.source.error(parts["images_from"][0], "a grant is scoped by "
+                                    "containers: or by images_from:, not both; split it into "
+                                    "two grants")
+        network_owner = None
+        if "networks" in parts:
+            others = sorted({"containers", "images", "images_from", "volumes"} & set(parts))
+            if others:
+                raise self.source.error(parts["networks"][0], f"a grant is scoped by networks:"
+                                        f" or by {others[0]}:, not both; split it into two "
+                                        "grants")
+            network_owner = self.network_scope(parts["networks"][1], owner)
+            explicit, from_globs = self.applicable(
+                parts["allow"][1], explicit, from_globs=from_globs,
+                scopable=self.ops.network_ref, scope="networks:",
+                why="names no existing network")
         if "containers" in parts:
-            containers = self.container_scope(parts["containers"][1])
+            containers = self.container_scope(parts["containers"][1], owner)
             explicit, from_globs = self.applicable(
                 parts["allow"][1], explicit, from_globs=from_globs,
                 scopable=self.ops.container_scopable, scope="containers:",
@@ -158,6 +188,19 @@ class _Compiler:
             explicit, from_globs = self.applicable(
                 parts["allow"][1], explicit, from_globs=from_globs,
                 scopable=self.ops.image_scopable, scope="images:", why="names no image")
+        if "images_from" in parts:
+            # A relative path is read beside the policy file (a preset has no folder).
+            folder = "" if self.source.label.startswith("preset:") else os.path.dirname(
+                self.source.label)
+            image_list = read_image_list(os.path.join(folder, text(
+                parts["images_from"][1], self.source, "images_from")))
+            if image_list.missing:
+                self.warnings.append(f"{self.at(parts['images_from'][1])}: {image_list.path} "
+                                     "does not exist (yet): no image is approved until it "
+                                     "does")
+            explicit, from_globs = self.applicable(
+                parts["allow"][1], explicit, from_globs=from_globs,
+                scopable=self.ops.image_scopable, scope="images_from:", why="names no image")
         volumes = None
         if "volumes" in parts:
             volumes = self.volume_scope(parts["volumes"][1])
@@ -182,6 +225,15 @@ class _Compiler:
                                         "which this grant does not allow; add it to allow: or "
                                         "remove exec:")
         operations_ = frozenset(granted)
+        for kind, scoped, scopable in (("container", containers, self.ops.container_scopable),
+                                       ("network", network_owner, self.ops.network_ref)):
+            unscoped = sorted(operations_ & scopable) if owner is not None and scoped is None \
+                else []
+            if unscoped:
+                raise self.source.error(node, f"policy {policy!r} has owner: {owner}, so its "
+                                        f"{kind} operations need a {kind}s: scope "
+                                        f"({', '.join(unscoped)}); write {kind}s: "
+                                        "{own: true}")
         redact: frozenset[str] = frozenset()
         if "redact" in parts:
             if INSPECT_OPERATION not in operations_:
@@ -196,7 +248,8 @@ class _Compiler:
             redact = frozenset(item for item, _ in texts(parts["redact"][1], self.source,
                                                          "redact"))
         return Grant(policy, number, where, operations_, containers, images, query,
-                     create_deny, redact=redact, exec_rules=exec_rules, volumes=volumes)
+                     create_deny, redact=redact, exec_rules=exec_rules, volumes=volumes,
+                     image_list=image_list, network_owner=network_owner)
 
     def volume_scope(self, node: yaml.Node) -> VolumeScope:
         names: set[str] = set()
@@ -293,7 +346,19 @@ class _Compiler:
                                     f"{scope}; grant them without it")
         return explicit, kept
 
-    def container_scope(self, node: yaml.Node) -> ContainerScope:
+    def network_scope(self, node: yaml.Node, owner: str | None) -> str:
+        """``networks: {own: true}``: the networks this policy's client created."""
+        parts = {key: value for key, _key_node, value
+                 in mapping(node, self.source, "networks", ("own",))}
+        if "own" not in parts or text(parts["own"], self.source, "own") != "true":
+            raise self.source.error(node, "networks: takes own: true (the networks this "
+                                    "client created)")
+        if owner is None:
+            raise self.source.error(node, "networks: {own: true} needs the policy's owner: "
+                                    "NAME (the dockgate.owner label dockgate adds)")
+        return owner
+
+    def container_scope(self, node: yaml.Node, owner: str | None) -> ContainerScope:
         names: set[str] = set()
         globs: list[str] = []
         labels: list[tuple[str, str]] = []
@@ -311,6 +376,13 @@ class _Compiler:
                     names.add(name)
             elif key == "globs":
                 globs.extend(glob for glob, _ in texts(value, self.source, "globs"))
+            elif key == "own":
+                if text(value, self.source, "own") != "true":
+                    raise self.source.error(value, "own: takes true (leave it out otherwise)")
+                if owner is None:
+                    raise self.source.error(value, "own: true needs the policy's owner: NAME "
+                                            "(the dockgate.owner label dockgate adds)")
+                labels.append((OWNED_BY, owner))
             else:
                 for label, _label_node, label_value in mapping(value, self.source, "labels"):
                     labels.append((label, text(label_value, self.source, f"label {label}")))

@@ -259,13 +259,26 @@ def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
         os.close(directory_fd)
 
 
+def render_images(servers: Sequence[Server]) -> str:
+    """The approved-image list dockgate reads (``images_from:``): one reference a line.
+
+    Each image exactly as the catalog names it, so a digest-pinned server is
+    approved by its digest only.
+    """
+    images = sorted({server.image for server in servers})
+    return ("# Written by dockgate-mcp-relay: the images of the approved MCP servers.\n"
+            + "".join(f"{image}\n" for image in images))
+
+
 def write_outputs(servers: Sequence[Server], catalog_path: Path, env_path: Path | None,
-                  display_name: str) -> None:
-    """Write the env file (if configured) and then the catalog, both validated first."""
+                  display_name: str, images_path: Path | None = None) -> None:
+    """Write the env file and image list (if configured), then the catalog; all validated first."""
     catalog = render_catalog(servers, display_name)
     env_text = render_env(servers)
     if env_path is None and env_text:
         raise InputError("servers declare secrets but no --env-file is configured")
     if env_path is not None:
         atomic_write(env_path, env_text)
+    if images_path is not None:
+        atomic_write(images_path, render_images(servers), mode=0o644)  # no secrets in it
     atomic_write(catalog_path, catalog)

@@ -61,6 +61,9 @@ def add_output_arguments(parser: argparse.ArgumentParser, *, state_required: boo
     group.add_argument("--env-file", type=Path, metavar="PATH",
                        help="secrets env file (secret-name=value lines); required when a "
                             "server declares secrets")
+    group.add_argument("--images-file", type=Path, metavar="PATH",
+                       help="the approved images, one a line, for dockgate's images_from: "
+                            "(the gateway may run these and nothing else)")
     group.add_argument("--state", type=Path, required=state_required, metavar="PATH",
                        help="JSON file holding the approved set between events")
     group.add_argument("--display-name", default=DEFAULT_DISPLAY_NAME, metavar="TEXT",
@@ -145,6 +148,7 @@ def restart_options(args: argparse.Namespace) -> RestartOptions:
 def relay_config(args: argparse.Namespace, env: Mapping[str, str]) -> RelayConfig:
     restart = None if args.no_restart else restart_options(args)
     return RelayConfig(catalog=args.catalog, env_file=args.env_file, state=args.state,
+                       images_file=args.images_file,
                        display_name=args.display_name,
                        endpoint=None if restart is None else endpoint_from_env(env),
                        restart=restart)

@@ -1,4 +1,4 @@
-"""The relay's one sequence: validate → write env file and catalog → save state → restart.
+"""The relay's one sequence: validate → write env file, image list, catalog → save state → restart.
 
 Validation happens before any write, so invalid input leaves every file as it
 was. The restart comes last: when it fails the new catalog is already in place
@@ -27,6 +27,7 @@ class RelayConfig:
     catalog: Path
     env_file: Path | None = None
     state: Path | None = None
+    images_file: Path | None = None  # dockgate's approved-image list (images_from:)
     display_name: str = DEFAULT_DISPLAY_NAME
     endpoint: Endpoint | None = None
     restart: RestartOptions | None = None  # None: write files only (--no-restart)
@@ -52,7 +53,8 @@ class Relay:
 
     def _apply(self, servers: list[Server]) -> dict[str, Any]:
         config = self.config
-        write_outputs(servers, config.catalog, config.env_file, config.display_name)
+        write_outputs(servers, config.catalog, config.env_file, config.display_name,
+                      config.images_file)
         if config.state is not None:
             save_state(config.state, servers)
         outcome: dict[str, Any] = {

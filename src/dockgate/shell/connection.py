@@ -546,9 +546,14 @@ class ClientConnection(asyncio.Protocol):
                 for ref in decision.volumes:
                     if ref not in volumes:
                         volumes[ref] = await upstream.volume_facts(ref)
+                networks = dict(facts.networks)
+                for ref in decision.networks:
+                    if ref not in networks:
+                        networks[ref] = await upstream.network_facts(ref)
                 if decision.body and body is None:
                     body = await self._read_whole_body(head)
-                facts = Facts(containers=containers, body=body, execs=execs, volumes=volumes)
+                facts = Facts(containers=containers, body=body, execs=execs, volumes=volumes,
+                              networks=networks)
                 decision = self._decide(decider, request, facts)
             else:
                 decision = Deny(f"dockgate: {head.method} {request.target.api_path} denied "

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import uvloop
 
-from dockgate import admin, learnlog, metrics, systemd, tlsstream
+from dockgate import admin, learnlog, metrics, systemd, tlsstream, watch
 from dockgate.decision import Decider
 from dockgate.errors import ConfigError
 from dockgate.settings import Settings
@@ -143,6 +143,8 @@ async def serve(settings: Settings, decider: Decider,
     except OSError as error:
         log.error("cannot listen: %s", error)
         return 1
+    # Image lists another process rewrites reload the policy as SIGHUP does.
+    watcher = asyncio.ensure_future(watch.watch(proxy, reload)) if reload is not None else None
     if bound is None:
         log.info("listening on %s, forwarding to %s, decisions by %s",
                  ", ".join(proxy.bound), settings.upstream_url, decider.name)
@@ -156,6 +158,8 @@ async def serve(settings: Settings, decider: Decider,
         log.info("worker serving (pid %d)", os.getpid())
     await stop.wait()
     log.info("shutting down")
+    if watcher is not None:
+        watcher.cancel()
     if bound is None:
         systemd.notify("STOPPING=1")
     for server in admin_servers:

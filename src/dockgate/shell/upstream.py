@@ -26,7 +26,15 @@ from typing import Any, Protocol, cast
 from urllib.parse import quote, urlsplit
 
 from dockgate import http1
-from dockgate.decision import ContainerFacts, ExecFacts, VolumeFacts, exec_facts, volume_facts
+from dockgate.decision import (
+    ContainerFacts,
+    ExecFacts,
+    NetworkFacts,
+    VolumeFacts,
+    exec_facts,
+    network_facts,
+    volume_facts,
+)
 from dockgate.errors import ConfigError, UpstreamError
 
 log = logging.getLogger("dockgate.upstream")
@@ -362,6 +370,11 @@ class Upstream:
         """A named volume's driver and labels; None when there is no such volume."""
         status, data = await self.get_json(f"/volumes/{quote(ref, safe='')}")
         return volume_facts(ref, status, data)
+
+    async def network_facts(self, ref: str) -> NetworkFacts | None:
+        """A network's full ID, name and labels; None when unknown or an ambiguous prefix."""
+        status, data = await self.get_json(f"/networks/{quote(ref, safe='')}")
+        return network_facts(ref, status, data)
 
 
 class _Collector:
