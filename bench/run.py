@@ -1,7 +1,8 @@
 """dockgate vs HAProxy (Tecnativa's rules) vs direct access, in one run.
 
-    python bench/run.py                 # about 2 minutes
+    python bench/run.py                 # about 3 minutes
     python bench/run.py --duration 10   # longer, steadier numbers
+    python bench/run.py --daemon /var/run/docker.sock   # also the real-daemon section
     python bench/run.py --learn         # the recorder's cost: dockgate --learn on vs off
 
 A fast upstream (nginx on a unix socket, also on a loopback TCP port for the 'direct'
@@ -10,8 +11,19 @@ response. In front of it: HAProxy 2.6 with tests/haproxy/tecnativa.cfg (the same
 configuration the differential test checks dockgate against) and dockgate in Tecnativa
 mode, both with ``CONTAINERS=1`` and production logging (``LOG_LEVEL=info``: one line per
 request for both). wrk drives keep-alive GETs at 1, 50 and 200 connections; curl
-downloads the 1 GiB stream. Results: a table on stdout, and JSON plus Markdown in
-bench/results/ (gitignored).
+downloads the 1 GiB stream. Each row also gives the CPU time the serving processes used
+per request (utime + stime of the process and its descendants, from /proc/PID/stat,
+read before and after the wrk run): nginx for direct, HAProxy, dockgate's supervisor
+and workers.
+
+With ``--daemon SOCKET`` (default: $DOCKGATE_TEST_SOCKET when set) a second section runs
+against a real dockerd: 20 created containers (``--network none``, never started, labels
+padding the list to about 16 KB, which dockerd sends chunked), ``GET
+/containers/{id}/json`` of one and ``GET /containers/json?all=1`` of the 20, at 1 and 10
+connections. Direct there means HAProxy in TCP mode (no HTTP parsing) in front of the
+daemon's unix socket, since wrk speaks TCP only. The containers are removed afterwards.
+
+Results: a table on stdout, and JSON plus Markdown in bench/results/ (gitignored).
 
 With ``--learn`` only dockgate runs, twice side by side (interleaved, ``--rounds`` times):
 without and with ``--learn FILE``, on ``/_ping``, ``/containers/json`` and an inspect
@@ -99,6 +111,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: str
+    cpu_us_per_request: float
 
 
 @dataclass
@@ -200,20 +213,50 @@ _LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(target: str, port: int, path: str, connections: int, duration: int) -> Load:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and all its descendants, in seconds."""
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()
+        # After "pid (comm) ": state ppid ... utime (14th field of the line) stime (15th).
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = int(fields[11]) + int(fields[12])
+    tree = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    return sum(times.get(member, 0) for member in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(target: str, port: int, path: str, connections: int, duration: int,
+        pid: int) -> Load:
     threads = min(connections, 2)
+    cpu_before = cpu_seconds(pid)
     done = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d",
                            f"{duration}s", "--latency", f"http://127.0.0.1:{port}{path}"],
                           capture_output=True, text=True, check=True,
                           timeout=duration + 30)
+    cpu = cpu_seconds(pid) - cpu_before
     rate = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
+    total = re.search(r"(\d+) requests in", done.stdout)
     latencies = {p: float(v) * _UNIT_MS[u] for p, v, u in _LATENCY.findall(done.stdout)}
-    if rate is None or set(latencies) != {"50", "99"}:
+    if rate is None or total is None or set(latencies) != {"50", "99"}:
         raise SystemExit(f"cannot read wrk's output:\n{done.stdout}{done.stderr}")
     errors = " ".join(line.strip() for line in done.stdout.splitlines()
                       if "Non-2xx" in line or "Socket errors" in line)
     return Load(target, path, connections, float(rate.group(1)), latencies["50"],
-                latencies["99"], errors)
+                latencies["99"], errors, cpu * 1e6 / max(1, int(total.group(1))))
 
 
 def stream(target: str, port: int) -> Stream:
@@ -231,13 +274,32 @@ def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else float("nan")
 
 
-def summarize(loads: list[Load], streams: list[Stream]) -> tuple[list[str], list[Verdict]]:
-    """The Markdown table lines and the target verdicts."""
+DIRECT_TCP_CONFIG = """\
+# The real daemon's "direct" baseline for bench/run.py: TCP in, its unix socket out,
+# bytes passed through without HTTP parsing (wrk speaks TCP only).
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 10s
+    timeout client 10m
+    timeout server 10m
+listen direct
+    bind 127.0.0.1:{port}
+    server daemon unix@{socket}
+"""
+DAEMON_CONTAINERS = 20
+DAEMON_IMAGE = "dockgate-test/busybox:latest"  # what tests/conftest.py imports
+DAEMON_LIST = "/containers/json?all=1"
+DAEMON_CONNECTIONS = (1, 10)
+
+
+def table(loads: list[Load]) -> list[str]:
     by_key = {(load.target, load.path, load.connections): load for load in loads}
     lines = ["| path | conns | direct req/s | HAProxy req/s | dockgate req/s | dockgate/HAProxy "
-             "| dockgate/direct | p50 ms (direct/HAProxy/dockgate) | p99 ms "
-             "(direct/HAProxy/dockgate) |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| dockgate/direct | CPU us/req (direct/HAProxy/dockgate) | dockgate/HAProxy "
+             "CPU | p50 ms (direct/HAProxy/dockgate) | p99 ms (direct/HAProxy/dockgate) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|"]
     for path, connections in sorted({(load.path, load.connections) for load in loads}):
         row = [by_key[(target, path, connections)] for target in TARGETS]
         direct, haproxy, dockgate = row
@@ -246,30 +308,152 @@ def summarize(loads: list[Load], streams: list[Stream]) -> tuple[list[str], list
             f"{haproxy.requests_per_s:,.0f} | {dockgate.requests_per_s:,.0f} | "
             f"{ratio(dockgate.requests_per_s, haproxy.requests_per_s):.2f}x | "
             f"{ratio(dockgate.requests_per_s, direct.requests_per_s):.2f}x | "
+            f"{' / '.join(f'{load.cpu_us_per_request:.1f}' for load in row)} | "
+            f"{ratio(dockgate.cpu_us_per_request, haproxy.cpu_us_per_request):.2f}x | "
             f"{' / '.join(f'{load.p50_ms:.2f}' for load in row)} | "
             f"{' / '.join(f'{load.p99_ms:.2f}' for load in row)} |")
+    return lines
+
+
+def summarize(loads: list[Load], daemon_loads: list[Load], streams: list[Stream],
+              list_note: str) -> tuple[list[str], list[Verdict]]:
+    """The Markdown table lines and the target verdicts."""
+    lines = ["Fast upstream (nginx):", "", *table(loads)] if loads else []
+    if daemon_loads:
+        lines += ["", f"Real dockerd ({list_note}):", "", *table(daemon_loads)]
     mbs = {s.target: s.megabytes_per_s for s in streams}
-    lines += ["", "| 1 GiB stream | direct | HAProxy | dockgate | dockgate/HAProxy | "
-              "dockgate/direct |", "|---|---:|---:|---:|---:|---:|",
-              f"| MB/s | {mbs['direct']:,.0f} | {mbs['haproxy']:,.0f} | {mbs['dockgate']:,.0f} | "
-              f"{ratio(mbs['dockgate'], mbs['haproxy']):.2f}x | "
-              f"{ratio(mbs['dockgate'], mbs['direct']):.2f}x |"]
-    ping50 = ratio(by_key[("dockgate", "/_ping", 50)].requests_per_s,
-                   by_key[("haproxy", "/_ping", 50)].requests_per_s)
-    p50 = (by_key[("dockgate", "/_ping", 1)].p50_ms, by_key[("haproxy", "/_ping", 1)].p50_ms)
-    stream_ratio = ratio(mbs["dockgate"], mbs["haproxy"])
-    verdicts = [
-        Verdict("/_ping c=50 req/s, dockgate/HAProxy", ">= 1.0", f"{ping50:.2f}x",
-                ping50 >= 1.0),
-        Verdict("/_ping c=1 p50, dockgate vs HAProxy", "dockgate <= HAProxy",
-                f"{p50[0]:.3f} ms vs {p50[1]:.3f} ms", p50[0] <= p50[1]),
-        Verdict("1 GiB stream MB/s, dockgate/HAProxy", ">= 1.0", f"{stream_ratio:.2f}x",
-                stream_ratio >= 1.0),
-    ]
+    if streams:
+        lines += ["", "| 1 GiB stream | direct | HAProxy | dockgate | dockgate/HAProxy | "
+                  "dockgate/direct |", "|---|---:|---:|---:|---:|---:|",
+                  f"| MB/s | {mbs['direct']:,.0f} | {mbs['haproxy']:,.0f} | "
+                  f"{mbs['dockgate']:,.0f} | {ratio(mbs['dockgate'], mbs['haproxy']):.2f}x | "
+                  f"{ratio(mbs['dockgate'], mbs['direct']):.2f}x |"]
+    by_key = {(load.target, load.path, load.connections): load
+              for load in loads + daemon_loads}
+    verdicts: list[Verdict] = []
+
+    def versus(path: str, connections: int) -> tuple[Load, Load] | None:
+        pair = (by_key.get(("dockgate", path, connections)),
+                by_key.get(("haproxy", path, connections)))
+        return None if pair[0] is None or pair[1] is None else (pair[0], pair[1])
+
+    for path in ("/_ping", "/containers/json"):
+        pair = versus(path, 50)
+        if pair is not None:
+            rate = ratio(pair[0].requests_per_s, pair[1].requests_per_s)
+            cpu = ratio(pair[0].cpu_us_per_request, pair[1].cpu_us_per_request)
+            verdicts += [Verdict(f"{path} c=50 req/s, dockgate/HAProxy", ">= 1.2",
+                                 f"{rate:.2f}x", rate >= 1.2),
+                         Verdict(f"{path} c=50 CPU us/request, dockgate/HAProxy", "<= 0.83",
+                                 f"{cpu:.2f}x", cpu <= 0.83)]
+        pair = versus(path, 1)
+        if pair is not None:
+            verdicts.append(Verdict(f"{path} c=1 p50, dockgate vs HAProxy",
+                                    "dockgate <= HAProxy",
+                                    f"{pair[0].p50_ms:.3f} ms vs {pair[1].p50_ms:.3f} ms",
+                                    pair[0].p50_ms <= pair[1].p50_ms))
+    for name, path in (("inspect", "/containers/bench/json"), ("16 KB chunked list",
+                                                                 DAEMON_LIST)):
+        pair = versus(path, 10)
+        if pair is not None:
+            rate = ratio(pair[0].requests_per_s, pair[1].requests_per_s)
+            verdicts.append(Verdict(f"real daemon {name} c=10 req/s, dockgate/HAProxy",
+                                    ">= 1.0", f"{rate:.2f}x", rate >= 1.0))
+    if streams:
+        stream_ratio = ratio(mbs["dockgate"], mbs["haproxy"])
+        verdicts.append(Verdict("1 GiB stream MB/s, dockgate/HAProxy", ">= 1.0",
+                                f"{stream_ratio:.2f}x", stream_ratio >= 1.0))
     lines += ["", "| issue target | wanted | measured | met |", "|---|---|---|---|"]
     lines += [f"| {v.name} | {v.wanted} | {v.measured} | {'yes' if v.met else 'NO'} |"
               for v in verdicts]
     return lines, verdicts
+
+
+def docker(socket_path: str, *args: str) -> str:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False,
+                          env={**os.environ, "DOCKER_HOST": f"unix://{socket_path}"},
+                          timeout=120)
+    if done.returncode != 0:
+        raise SystemExit(f"docker {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+@contextmanager
+def bench_containers(socket_path: str) -> Iterator[str]:
+    """20 created containers; the id of the first. Removed afterwards."""
+    pad = "x" * 170  # a label that makes the list of 20 about 16 KB
+    ids: list[str] = []
+    try:
+        for number in range(DAEMON_CONTAINERS):
+            # One at a time into ids, so that a failure still removes the ones made.
+            created = docker(socket_path, "create", "--network", "none", "--name",
+                             f"dgbench-{os.getpid()}-{number}", "--label",
+                             f"bench.pad={pad}", DAEMON_IMAGE, "true")
+            ids.append(created)
+        yield ids[0]
+    finally:
+        if ids:
+            docker(socket_path, "rm", "-f", *ids)
+
+
+def measure(paths: list[str], connections: list[int], ports: dict[str, int],
+            pids: dict[str, int], duration: int) -> list[Load]:
+    loads: list[Load] = []
+    for path in paths:
+        for count in connections:
+            for target in TARGETS:
+                print(f"wrk {target:<8} GET {path:<24} c={count:<3} {duration}s ...", end=" ",
+                      flush=True)
+                load = wrk(target, ports[target], path, count, duration, pids[target])
+                loads.append(load)
+                print(f"{load.requests_per_s:>9,.0f} req/s  p50 {load.p50_ms:.2f} ms  "
+                      f"p99 {load.p99_ms:.2f} ms  {load.cpu_us_per_request:6.1f} CPU us/req "
+                      f"{load.errors}", flush=True)
+    return loads
+
+
+def response_note(port: int, path: str) -> str:
+    """Size and framing of one response (what the 16 KB chunked row really sends)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+                     .encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    framing = "chunked" if b"transfer-encoding: chunked" in head.lower() else "with a length"
+    return f"the list of {DAEMON_CONTAINERS} is {len(body):,} bytes on the wire, {framing}"
+
+
+def daemon_section(socket_path: str, work: Path, env: dict[str, str],
+                   args: argparse.Namespace) -> tuple[list[Load], str]:
+    """direct (HAProxy TCP mode) / HAProxy (Tecnativa) / dockgate against a real dockerd."""
+    ports = {target: free_port() for target in TARGETS}
+    (work / "direct-tcp.cfg").write_text(DIRECT_TCP_CONFIG.format(port=ports["direct"],
+                                                                  socket=socket_path))
+    haproxy_env = {**env, "DG_HAPROXY_BIND": f"127.0.0.1:{ports['haproxy']}",
+                   "DG_HAPROXY_UPSTREAM": socket_path, "DG_HAPROXY_LOG_LEVEL": args.log_level}
+    dockgate = [sys.executable, "-m", "dockgate", "serve", "--listen",
+                f"tcp://127.0.0.1:{ports['dockgate']}", "--upstream", f"unix://{socket_path}",
+                "--workers", str(args.workers)]
+    with (bench_containers(socket_path) as first,
+          started(["haproxy", "-db", "-f", str(work / "direct-tcp.cfg")], env, ports["direct"],
+                  work / "direct-tcp.log") as direct,
+          started(["haproxy", "-db", "-f", str(HAPROXY_CONFIG)], haproxy_env,
+                  ports["haproxy"], work / "haproxy-daemon.log") as haproxy,
+          started(dockgate, env, ports["dockgate"], work / "dockgate-daemon.log") as proxy):
+        inspect = f"/containers/{first[:12]}/json"
+        for target in TARGETS:
+            check(ports[target], inspect, None)
+            check(ports[target], DAEMON_LIST, None)
+        note = response_note(ports["dockgate"], DAEMON_LIST)
+        pids = {"direct": direct.pid, "haproxy": haproxy.pid, "dockgate": proxy.pid}
+        loads = measure([inspect, DAEMON_LIST], list(DAEMON_CONNECTIONS), ports, pids,
+                        args.duration)
+    for load in loads:
+        if load.path == inspect:
+            load.path = "/containers/bench/json"  # one name across runs
+    return loads, note
 
 
 def median(values: list[float]) -> float:
@@ -318,8 +502,9 @@ def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str,
                               if target == "learn-on" else [])
 
         with (started(nginx, env, ports["direct"], work / "nginx.log"),
-              started(dockgate("learn-off"), env, ports["learn-off"], work / "off.log"),
-              started(dockgate("learn-on"), env, ports["learn-on"], work / "on.log")):
+              started(dockgate("learn-off"), env, ports["learn-off"], work / "off.log") as off,
+              started(dockgate("learn-on"), env, ports["learn-on"], work / "on.log") as on):
+            pids = {"learn-off": off.pid, "learn-on": on.pid}
             for target in LEARN_TARGETS:
                 check(ports[target], "/containers/bench/json", INSPECT_JSON.encode())
             for round_ in range(args.rounds):
@@ -328,7 +513,8 @@ def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str,
                         for target in LEARN_TARGETS:
                             print(f"round {round_ + 1} wrk {target:<9} GET {path:<22} "
                                   f"c={count:<3} {args.duration}s ...", end=" ", flush=True)
-                            load = wrk(target, ports[target], path, count, args.duration)
+                            load = wrk(target, ports[target], path, count, args.duration,
+                                       pids[target])
                             loads.append(load)
                             print(f"{load.requests_per_s:>9,.0f} req/s  p50 "
                                   f"{load.p50_ms:.2f} ms {load.errors}", flush=True)
@@ -356,12 +542,19 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", default="1,50,200",
-                        help="comma-separated wrk connection counts")
+                        help="comma-separated wrk connection counts for the fast upstream (the "
+                        "real-daemon section uses 1 and 10)")
     parser.add_argument("--log-level", default="info",
                         help="LOG_LEVEL for both proxies (info is production's default)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="dockgate --workers; the default, one per CPU, matches HAProxy's "
                         "default of one thread per CPU")
+    parser.add_argument("--daemon", default=os.environ.get("DOCKGATE_TEST_SOCKET"),
+                        help="a real dockerd's unix socket for the real-daemon section "
+                        "(needs the tests' busybox image; default $DOCKGATE_TEST_SOCKET, "
+                        "skipped when unset)")
+    parser.add_argument("--sections", default="fast,daemon,stream",
+                        help="comma-separated: fast (nginx upstream), daemon, stream")
     parser.add_argument("--learn", action="store_true",
                         help="measure the learn recorder instead: dockgate with and without "
                         "--learn, interleaved")
@@ -369,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --learn: interleaved rounds (medians are reported)")
     args = parser.parse_args(argv)
     connections = [int(c) for c in args.connections.split(",")]
-    for tool in ("nginx", "haproxy", "wrk", "curl"):
+    sections = set(args.sections.split(","))
+    for tool in ("nginx", "haproxy", "wrk", "curl", "docker"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is not installed")
     info = machine()
@@ -381,7 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.learn:
         return learn_main(args, connections, info, argv)
     loads: list[Load] = []
+    daemon_loads: list[Load] = []
     streams: list[Stream] = []
+    list_note = ""
     with tempfile.TemporaryDirectory(prefix="dockgate-bench-") as tmp:
         work = Path(tmp)
         with (work / "stream.bin").open("wb") as big:
@@ -402,33 +598,29 @@ def main(argv: list[str] | None = None) -> int:
         dockgate = [sys.executable, "-m", "dockgate", "serve", "--listen",
                     f"tcp://127.0.0.1:{ports['dockgate']}", "--upstream", f"unix://{upstream}",
                     "--workers", str(args.workers)]
-        with (started(nginx, env, ports["direct"], work / "nginx.log"),
-              started(haproxy, haproxy_env, ports["haproxy"], work / "haproxy.log"),
-              started(dockgate, env, ports["dockgate"], work / "dockgate.log")):
-            for target in TARGETS:
-                check(ports[target], "/_ping", b"OK")
-                check(ports[target], "/containers/json", CONTAINERS_JSON.encode())
-            for path in ("/_ping", "/containers/json"):
-                for count in connections:
-                    for target in TARGETS:
-                        print(f"wrk {target:<8} GET {path:<16} c={count:<3} "
-                              f"{args.duration}s ...", end=" ", flush=True)
-                        load = wrk(target, ports[target], path, count, args.duration)
-                        loads.append(load)
-                        print(f"{load.requests_per_s:>9,.0f} req/s  p50 {load.p50_ms:.2f} ms  "
-                              f"p99 {load.p99_ms:.2f} ms {load.errors}", flush=True)
-            # The first read of the sparse file fills the page cache: keep it out of the numbers.
-            stream("warm-up", ports["direct"])
-            for target in TARGETS:
-                print(f"curl {target:<8} GET {STREAM_PATH} (1 GiB) x{STREAM_RUNS} ...", end=" ",
-                      flush=True)
-                runs = sorted((stream(target, ports[target]) for _ in range(STREAM_RUNS)),
-                              key=lambda run: run.megabytes_per_s)
-                streams.append(runs[len(runs) // 2])
-                print(" ".join(f"{run.megabytes_per_s:,.0f}" for run in runs)
-                      + " MB/s (median kept)", flush=True)
-    table, verdicts = summarize(loads, streams)
-    print("\n" + "\n".join(table))
+        if sections & {"fast", "stream"}:
+            with (started(nginx, env, ports["direct"], work / "nginx.log") as nginx_process,
+                  started(haproxy, haproxy_env, ports["haproxy"],
+                          work / "haproxy.log") as haproxy_process,
+                  started(dockgate, env, ports["dockgate"],
+                          work / "dockgate.log") as dockgate_process):
+                pids = {"direct": nginx_process.pid, "haproxy": haproxy_process.pid,
+                        "dockgate": dockgate_process.pid}
+                for target in TARGETS:
+                    check(ports[target], "/_ping", b"OK")
+                    check(ports[target], "/containers/json", CONTAINERS_JSON.encode())
+                if "fast" in sections:
+                    loads = measure(["/_ping", "/containers/json"], connections, ports, pids,
+                                    args.duration)
+                if "stream" in sections:
+                    streams = stream_section(ports)
+        if "daemon" in sections:
+            if args.daemon:
+                daemon_loads, list_note = daemon_section(args.daemon, work, env, args)
+            else:
+                print("no --daemon (or DOCKGATE_TEST_SOCKET): real-daemon section skipped")
+    lines, verdicts = summarize(loads, daemon_loads, streams, list_note)
+    print("\n" + "\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -436,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
                 "duration_s": args.duration, "log_level": args.log_level,
                 "dockgate_workers": args.workers,
                 "loads": [asdict(load) for load in loads],
+                "daemon_loads": [asdict(load) for load in daemon_loads],
                 "streams": [asdict(s) for s in streams],
                 "targets": [asdict(v) for v in verdicts]}
     markdown = [f"# dockgate benchmark {stamp}", "",
@@ -443,12 +636,27 @@ def main(argv: list[str] | None = None) -> int:
                 f"{info['kernel']}, Python {info['python']}; {info['haproxy']}; "
                 f"{info['nginx']}; dockgate --workers {args.workers}; "
                 f"LOG_LEVEL={args.log_level} for both proxies; load average "
-                f"{info['loadavg_at_start']} at start.", "", *table]
+                f"{info['loadavg_at_start']} at start.", "", *lines]
     for name in (f"bench-{stamp}", "latest"):
         (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
         (RESULTS / f"{name}.md").write_text("\n".join(markdown) + "\n")
     print(f"\nwrote {RESULTS / f'bench-{stamp}.json'} and .md (also latest.json, latest.md)")
     return 0
+
+
+def stream_section(ports: dict[str, int]) -> list[Stream]:
+    # The first read of the sparse file fills the page cache: keep it out of the numbers.
+    stream("warm-up", ports["direct"])
+    streams: list[Stream] = []
+    for target in TARGETS:
+        print(f"curl {target:<8} GET {STREAM_PATH} (1 GiB) x{STREAM_RUNS} ...", end=" ",
+              flush=True)
+        runs = sorted((stream(target, ports[target]) for _ in range(STREAM_RUNS)),
+                      key=lambda run: run.megabytes_per_s)
+        streams.append(runs[len(runs) // 2])
+        print(" ".join(f"{run.megabytes_per_s:,.0f}" for run in runs)
+              + " MB/s (median kept)", flush=True)
+    return streams
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import uvloop
 
 from dockgate import settings as settings_module
 from dockgate.decision import AllowAll, Decider
-from dockgate.server import Proxy
+from dockgate.shell.proxy import Proxy
 
 
 @dataclass

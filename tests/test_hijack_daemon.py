@@ -8,6 +8,8 @@ hijack, half-close and streaming code.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -103,3 +105,55 @@ def test_logs_follow_streams_as_lines_are_written(proxy: RunningProxy, busybox_i
             time.monotonic() < deadline:
         time.sleep(0.05)
     assert proxy.call(lambda: proxy.proxy.upstream.open_connections) <= 1
+
+
+def read_stdout(sock: socket.socket, size: int) -> bytes:
+    """Demultiplex Docker's attach stream until ``size`` bytes of stdout arrived."""
+    data = b""
+    out = b""
+    while len(out) < size:
+        while len(data) >= 8 and len(data) >= 8 + struct.unpack(">I", data[4:8])[0]:
+            length = struct.unpack(">I", data[4:8])[0]
+            if data[0] == 1:
+                out += data[8:8 + length]
+            data = data[8 + length:]
+        if len(out) >= size:
+            break
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after stdout {out!r}"
+        data += chunk
+    return out
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["same-packet", "later-packet"])
+def test_attach_upgrade_body_never_reaches_the_containers_stdin(
+        proxy: RunningProxy, busybox_image: str, docker_client: docker.DockerClient,
+        split: bool) -> None:
+    """dockerode sends JSON with the attach upgrade; dockerd hands a late body to stdin."""
+    name = unique_name("core-attach-body")
+    container = docker_client.containers.run(busybox_image, ["cat"], name=name, detach=True,
+                                             stdin_open=True, network_mode="none")
+    body = b'{"stream":true,"stdin":true,"stdout":true,"stderr":true,"hijack":true}'
+    head = (f"POST /v1.41/containers/{container.id}/attach?stream=1&stdin=1&stdout=1&stderr=1 "
+            f"HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
+            f"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+    for run in range(20):
+        with connect(proxy.port) as sock:
+            if split:
+                sock.sendall(head)
+                time.sleep(0.02)
+                sock.sendall(body)
+            else:
+                sock.sendall(head + body)
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                chunk = sock.recv(65536)
+                assert chunk, reply
+                reply += chunk
+            answer, rest = reply.split(b"\r\n\r\n", 1)
+            assert answer.startswith(b"HTTP/1.1 101"), answer
+            assert rest == b""
+            line = b"stdin line %d\n" % run
+            sock.sendall(line)
+            assert read_stdout(sock, len(line)) == line

@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from conftest import free_port, wait_for_port
-from dockgate import logs
 from dockgate.decision import AllowAll, Client, Decision, Deny, Facts, Request
 from dockgate.errors import ConfigError
+from dockgate.shell import audit
 from fakedaemon import (
     FakeDaemon,
     answer_chunks,
@@ -278,7 +278,7 @@ def test_streams_and_hijacked_sessions_get_open_and_close_records(fake: FakeDaem
     fake.on("GET", "/events", answer_chunks([b'{"a":1}\n']))
     fake.on("POST", "/containers/c1/attach", answer_hijack())
     lines = io.StringIO()
-    logs.audit_to(logs.AuditWriter(lines))
+    audit.audit_to(audit.AuditWriter(lines))
     try:
         with run_proxy(f"unix://{fake.path}") as proxy, connect(proxy.port) as sock:
             sock.sendall(b"GET /events HTTP/1.1\r\nHost: d\r\n\r\n")
@@ -289,7 +289,7 @@ def test_streams_and_hijacked_sessions_get_open_and_close_records(fake: FakeDaem
             sock.shutdown(socket.SHUT_WR)
             assert is_closed(sock)
     finally:
-        logs.audit_to(None)
+        audit.audit_to(None)
     events = [(r["event"], r.get("target")) for r in map(json.loads, lines.getvalue().splitlines())]
     assert events == [
         ("stream.open", "/events"), ("stream.close", "/events"), ("request", "/events"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dockgate.errors import ConfigError
-from dockgate.upstream import Upstream
+from dockgate.shell.upstream import Upstream
 from fakedaemon import FakeDaemon, connect, read_replies, run_proxy
 
 

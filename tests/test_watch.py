@@ -15,7 +15,7 @@ import pytest
 
 from dockgate import policy, settings, watch
 from dockgate.policy_decider import PolicyDecider
-from dockgate.server import Proxy
+from dockgate.shell.proxy import Proxy
 
 POLICY = """\
     policies:

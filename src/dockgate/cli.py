@@ -28,11 +28,11 @@ from dockgate import (
     policy_learn,
     policy_suggest,
     probe,
-    server,
     settings,
 )
 from dockgate.decision import AllowAll, Decider
 from dockgate.errors import ConfigError
+from dockgate.shell import audit, proxy
 
 log = logging.getLogger("dockgate")
 
@@ -148,6 +148,8 @@ def env_warnings(config: settings.Settings, env: Mapping[str, str],
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = settings.load(args, env)
     logs.configure(config.log_level, config.log_format)
+    audit.configure(config.audit, config.audit_file,
+                    verbose=logging.getLevelName(config.log_level) <= logging.INFO)
     for warning in settings.load_warnings(env):
         log.warning("%s", warning)
     decider = serving_decider(config, env)
@@ -162,7 +164,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         learnlog.Recorder(config.learn, config.learn_max_bytes).close()
     liveview.configure(config)
     try:
-        return server.run(config, _learning(config, decider), reload=lambda: _learning(
+        return proxy.run(config, _learning(config, decider), reload=lambda: _learning(
             config, _announce(config, env, serving_decider(config, env), defaults)))
     finally:
         metrics.cleanup()

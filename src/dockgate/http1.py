@@ -29,6 +29,7 @@ escapes.
 from __future__ import annotations
 
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -64,6 +65,7 @@ _FIELD_NAME: Final = re.compile(_TOKEN)
 _FIELD_VALUE: Final = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
 _FRAMING_FIELDS: Final = frozenset({b"transfer-encoding", b"content-length", b"trailer"})
 _BARE_LF: Final = re.compile(rb"(?<!\r)\n")
+_NOT_PRINTABLE: Final = re.compile(rb"[^\x21-\x7e]")  # a target is visible ASCII only
 _MAX_CHUNK_LINE: Final = 4096  # a size line longer than this is not a Docker client
 
 
@@ -107,20 +109,58 @@ class RequestHead:
         return None
 
 
-@dataclass(slots=True)
 class ResponseHead:
-    """A parsed response head from the daemon."""
+    """A parsed response head from the daemon.
 
-    status: int
-    reason: bytes
-    version: str
-    headers: Headers
-    content_length: int | None
-    chunked: bool
-    keep_alive: bool                # may the upstream connection carry another request?
-    has_body: bool
-    end_to_end: Headers             # ``headers`` without the hop-by-hop fields
-    content_type: bytes             # media type, lowercase, parameters dropped
+    The framing facts are read on arrival; the field list (``headers``,
+    ``end_to_end``) only when someone asks, since relaying a plain response
+    needs ``forward`` alone.
+    """
+
+    __slots__ = ("_end_to_end", "_headers", "chunked", "content_length", "content_type",
+                 "fields", "forward", "has_body", "keep_alive", "reason", "status", "version")
+
+    def __init__(self, status: int, reason: bytes, version: str, fields: bytes, *,
+                 content_length: int | None, chunked: bool, keep_alive: bool,
+                 has_body: bool, content_type: bytes, forward: bytes | None) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.fields = fields                  # the field lines as received, CRLF-terminated
+        self.content_length = content_length  # None when chunked or no length
+        self.chunked = chunked
+        self.keep_alive = keep_alive          # may the upstream connection carry another request?
+        self.has_body = has_body
+        self.content_type = content_type      # media type, lowercase, parameters dropped
+        # ``fields`` without the Connection field, when that and the framing fields
+        # (Content-Length, Transfer-Encoding: chunked) are the only hop-by-hop ones:
+        # then the client may get these lines as they are. None otherwise.
+        self.forward = forward
+        self._headers: Headers | None = None
+        self._end_to_end: Headers | None = None
+
+    @property
+    def headers(self) -> Headers:
+        """The fields as received, original case."""
+        if self._headers is None:
+            self._headers = [(name, value.strip(b" \t")) for name, _, value in
+                             (line.partition(b":") for line in self.fields.split(b"\r\n")[:-1])]
+        return self._headers
+
+    @property
+    def end_to_end(self) -> Headers:
+        """``headers`` without the hop-by-hop fields; the caller may extend this list."""
+        if self._end_to_end is None:
+            connection: set[bytes] = set()
+            kept: list[tuple[bytes, bytes, bytes]] = []
+            for name, value in self.headers:
+                key = name.lower()
+                if key not in HOP_BY_HOP and not key.startswith(b"proxy-"):
+                    kept.append((key, name, value))
+                elif key == b"connection":
+                    connection |= _tokens(value)
+            self._end_to_end = _end_to_end(kept, connection)
+        return self._end_to_end
 
     def get(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -168,14 +208,22 @@ class _HeadCollector:
         self.complete = True
 
 
-def _tokens(value: bytes) -> set[bytes]:
+_COMMON_TOKENS: Final = {b"keep-alive": frozenset({b"keep-alive"}),
+                         b"close": frozenset({b"close"}), b"upgrade": frozenset({b"upgrade"})}
+
+
+def _tokens(value: bytes) -> set[bytes] | frozenset[bytes]:
+    common = _COMMON_TOKENS.get(value.lower())
+    if common is not None:
+        return common  # the usual single token, without splitting
     return {part.strip().lower() for part in value.split(b",") if part.strip()}
 
 
 class _ChunkedDecoder:
     """Strict incremental chunked body decoder shared by both directions."""
 
-    __slots__ = ("_error", "_max_trailer", "_remaining", "_state", "_trailer_bytes")
+    __slots__ = ("_error", "_max_trailer", "_remaining", "_state", "_trailer_bytes",
+                 "last_chunk_at")
 
     def __init__(self, error: type[Exception], max_trailer: int) -> None:
         self._error = error
@@ -183,6 +231,12 @@ class _ChunkedDecoder:
         self._state = "size"   # size | data | data-crlf | trailer | done
         self._remaining = 0
         self._trailer_bytes = 0
+        self.last_chunk_at = 0  # where the last chunk's size line began, in the last buffer
+
+    @property
+    def in_trailer(self) -> bool:
+        """The last chunk was read: what follows is the trailer section, or nothing."""
+        return self._state in ("trailer", "done")
 
     def step(self, buf: bytes, pos: int) -> tuple[Data | EndOfMessage | None, int]:
         """Decode one event from ``buf[pos:]``; (None, pos) means more bytes are needed."""
@@ -227,6 +281,8 @@ class _ChunkedDecoder:
         if match is None:
             raise self._error(f"invalid chunked body: bad chunk size line {line[:40]!r}")
         size = int(match.group(1), 16)
+        if size == 0:
+            self.last_chunk_at = pos
         pos += len(line) + 2
         if size == 0:
             self._state = "trailer"
@@ -264,6 +320,8 @@ class RequestReader:
         self._state = "head"          # head | length | chunked | done
         self._remaining = 0
         self._chunked: _ChunkedDecoder | None = None
+        self._last_raw = b""
+        self._last_head: RequestHead | None = None
 
     @property
     def buffered(self) -> int:
@@ -353,14 +411,20 @@ class RequestReader:
         if raw.count(b"\r") != crlf:
             # llhttp skips a bare CR before the request line; nothing after it would.
             raise ProtocolError("malformed request: bare CR in the head")
-        if b"\r\n " in raw or b"\r\n\t" in raw:
-            raise ProtocolError("malformed request: obsolete line folding in a header")
-        # RFC 9112 3: method SP request-target SP HTTP-version, one space each. llhttp
-        # lets "GET  / HTTP/1.1" through; Go's net/http reads it as another target.
-        if raw.count(b" ", 0, raw.find(b"\r\n")) != 2:
-            raise ProtocolError("malformed request line: expected METHOD SP TARGET SP "
-                                "HTTP/1.1 with single spaces")
-        head = self._parse_head(raw)
+        if raw == self._last_raw and self._last_head is not None:
+            # A keep-alive client repeating itself (a poller, a health check): the
+            # head is a pure function of its bytes, parsed once.
+            head = self._last_head
+        else:
+            if b"\r\n " in raw or b"\r\n\t" in raw:
+                raise ProtocolError("malformed request: obsolete line folding in a header")
+            # RFC 9112 3: method SP request-target SP HTTP-version, one space each. llhttp
+            # lets "GET  / HTTP/1.1" through; Go's net/http reads it as another target.
+            if raw.count(b" ", 0, raw.find(b"\r\n")) != 2:
+                raise ProtocolError("malformed request line: expected METHOD SP TARGET SP "
+                                    "HTTP/1.1 with single spaces")
+            head = self._parse_head(raw)
+            self._last_raw, self._last_head = raw, head
         self._pos = end + 4
         if head.chunked:
             self._state = "chunked"
@@ -397,7 +461,7 @@ def check_target(url: bytes) -> str:
     # authority-form would let the proxy and the daemon disagree about the path.
     if not url.startswith(b"/"):
         raise ProtocolError("request target must be in origin-form (start with '/')")
-    if any(byte <= 0x20 or byte >= 0x7F for byte in url):
+    if _NOT_PRINTABLE.search(url) is not None:
         raise ProtocolError("request target contains control or non-ASCII bytes")
     return url.decode("ascii")
 
@@ -473,8 +537,25 @@ class _UpstreamFramingError(UpstreamError):
         super().__init__(f"dockgate: the daemon sent an {message}")
 
 
+# A field block whose every line is ``token: value`` with no control bytes but HTAB
+# in the value: what the fast head path accepts. Anything else takes the
+# field-by-field path, which names the problem.
+_FIELD_LINES: Final = re.compile(rb"(?:" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
+# The hop-by-hop field names at the start of a line of the lowercased field block
+# (with a line break prepended), for the fast head path.
+_HOP_NAMES: Final = re.compile(rb"\n(connection|content-length|keep-alive|proxy-[^:]*|te|"
+                               rb"trailer|transfer-encoding|upgrade):")
+
+
 class ResponseReader:
-    """Frames daemon responses, push-based; see the module docstring."""
+    """Frames daemon responses, push-based; see the module docstring.
+
+    With ``expect(method, passthrough=True)`` a chunked body comes out as the chunked
+    encoding itself (size lines and CRLFs included, validated all the same), minus
+    the last chunk and the trailer section, which the caller replaces by
+    ``LAST_CHUNK``: a proxy forwards chunks as they came instead of decoding and
+    encoding them again.
+    """
 
     MAX_HEAD: Final = 65536  # Docker's response heads are a few hundred bytes
 
@@ -483,15 +564,22 @@ class ResponseReader:
         self._state = "idle"     # idle | head | length | chunked | close | switched
         self._remaining = 0
         self._method = "GET"
+        self._passthrough = False
         self._chunked: _ChunkedDecoder | None = None
+        self._last_raw = b""
+        self._last_method = ""
+        self._last_head = ResponseHead(0, b"", "", b"", content_length=None, chunked=False,
+                                       keep_alive=False, has_body=False, content_type=b"",
+                                       forward=None)
 
     @property
     def idle(self) -> bool:
         return self._state == "idle" and not self._buf
 
-    def expect(self, method: str) -> None:
+    def expect(self, method: str, passthrough: bool = False) -> None:
         """Prepare for the response to a request made with ``method``."""
         self._method = method
+        self._passthrough = passthrough
         self._state = "head"
 
     def take_rest(self) -> bytes:
@@ -542,8 +630,19 @@ class ResponseReader:
                     events.append(END)
                     self._state = "idle"
             elif state == "chunked":
-                assert self._chunked is not None
-                event, pos = self._chunked.step(buf, pos)
+                decoder = self._chunked
+                assert decoder is not None
+                start = pos
+                trailer = decoder.in_trailer
+                event, pos = decoder.step(buf, pos)
+                if self._passthrough:
+                    # The encoded bytes this step consumed, up to the last chunk.
+                    end = start if trailer else decoder.last_chunk_at if \
+                        decoder.in_trailer else pos
+                    if end > start:
+                        events.append(Data(memoryview(buf)[start:end]))
+                    if event is not None and not isinstance(event, EndOfMessage):
+                        continue
                 if event is None:
                     break
                 events.append(event)
@@ -588,8 +687,21 @@ class ResponseReader:
             self._state = "close"
 
     def _parse_head(self, raw: bytes) -> ResponseHead:
-        lines = raw.split(b"\r\n")
-        status_line = lines[0].split(b" ", 2)
+        if raw == self._last_raw and self._method == self._last_method:
+            head = self._last_head
+            # The same bytes frame the same way (a daemon's heads differ by their Date
+            # at most once a second); a fresh object, since callers extend its lists.
+            return ResponseHead(head.status, head.reason, head.version, head.fields,
+                                content_length=head.content_length, chunked=head.chunked,
+                                keep_alive=head.keep_alive, has_body=head.has_body,
+                                content_type=head.content_type, forward=head.forward)
+        head = self._parse_new_head(raw)
+        self._last_raw, self._last_method, self._last_head = raw, self._method, head
+        return head
+
+    def _parse_new_head(self, raw: bytes) -> ResponseHead:
+        line_end = raw.find(b"\r\n")
+        status_line = raw[:line_end].split(b" ", 2)
         if len(status_line) < 2 or status_line[0] not in (b"HTTP/1.1", b"HTTP/1.0") \
                 or len(status_line[1]) != 3 or not status_line[1].isdigit():
             raise UpstreamError("dockgate: the daemon sent a malformed status line")
@@ -598,35 +710,11 @@ class ResponseReader:
         if not 100 <= status <= 599 or not _FIELD_VALUE.fullmatch(reason):
             raise UpstreamError("dockgate: the daemon sent a malformed status line")
         version = status_line[0][5:].decode()
-        headers: Headers = []
-        content_length: int | None = None
-        chunked = False
-        connection: set[bytes] = set()
-        content_type = b""
-        kept: list[tuple[bytes, bytes, bytes]] = []
-        for line in lines[1:-1]:
-            name, sep, value = line.partition(b":")
-            value = value.strip(b" \t")
-            if not sep or not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
-                raise UpstreamError("dockgate: the daemon sent a malformed header")
-            headers.append((name, value))
-            key = name.lower()
-            if key not in HOP_BY_HOP and not key.startswith(b"proxy-"):
-                kept.append((key, name, value))
-                if key == b"content-type" and not content_type:
-                    content_type = value.split(b";")[0].strip().lower()
-            elif key == b"content-length":
-                if not _digits(value) or (
-                        content_length is not None and content_length != int(value)):
-                    raise UpstreamError("dockgate: the daemon sent an invalid Content-Length")
-                content_length = int(value)
-            elif key == b"transfer-encoding":
-                chunked = value.lower().split(b",")[-1].strip() == b"chunked"
-                if not chunked:
-                    raise UpstreamError("dockgate: the daemon sent an unsupported "
-                                        "Transfer-Encoding")
-            elif key == b"connection":
-                connection |= _tokens(value)
+        fields = raw[line_end + 2:]
+        facts = _fast_fields(fields) if _FIELD_LINES.fullmatch(fields) else None
+        if facts is None:
+            facts = _slow_fields(fields)
+        content_length, chunked, connection, content_type, forward = facts
         if chunked:
             content_length = None
         no_body = (self._method == "HEAD" or 100 <= status < 200 or status in (204, 304))
@@ -635,8 +723,88 @@ class ResponseReader:
         has_body = not no_body
         if has_body and not chunked and content_length is None:
             keep_alive = False
-        return ResponseHead(status, reason, version, headers, content_length, chunked,
-                            keep_alive, has_body, _end_to_end(kept, connection), content_type)
+        return ResponseHead(status, reason, version, fields, content_length=content_length,
+                            chunked=chunked, keep_alive=keep_alive, has_body=has_body,
+                            content_type=content_type, forward=forward)
+
+
+_Facts = tuple[int | None, bool, AbstractSet[bytes], bytes, bytes | None]
+
+
+def _content_length(value: bytes, previous: int | None) -> int:
+    if not _digits(value) or (previous is not None and previous != int(value)):
+        raise UpstreamError("dockgate: the daemon sent an invalid Content-Length")
+    return int(value)
+
+
+def _transfer_chunked(value: bytes) -> bool:
+    if value.lower().split(b",")[-1].strip() != b"chunked":
+        raise UpstreamError("dockgate: the daemon sent an unsupported Transfer-Encoding")
+    return True
+
+
+def _fast_fields(fields: bytes) -> _Facts | None:
+    """The framing facts of well-formed field lines, found with one search of the
+    lowercased block for the hop-by-hop names instead of a loop over every line;
+    None when the field-by-field path must decide (another hop-by-hop field, a
+    repeated framing field, a Connection naming fields, both framings)."""
+    lower = b"\n" + fields.lower()
+    content_length: int | None = None
+    chunked = False
+    connection: AbstractSet[bytes] = frozenset()
+    forward = fields
+    seen: set[bytes] = set()
+    for match in _HOP_NAMES.finditer(lower):
+        name = match.group(1)
+        if name in seen:
+            return None
+        seen.add(name)
+        start = match.start()
+        end = lower.index(b"\r", start)
+        value = lower[match.end():end].strip()
+        if name == b"content-length":
+            content_length = _content_length(value, None)
+        elif name == b"transfer-encoding":
+            chunked = _transfer_chunked(value)
+            if value != b"chunked":
+                return None
+        elif name == b"connection":
+            connection = _tokens(value)
+            if connection - {b"close", b"keep-alive"}:
+                return None
+            forward = fields[:start] + fields[end + 1:]
+        else:
+            return None
+    if chunked and content_length is not None:
+        return None
+    content_type = b""
+    at = lower.find(b"\ncontent-type:")
+    if at >= 0:
+        content_type = lower[at + 14:lower.index(b"\r", at)].split(b";")[0].strip()
+    return content_length, chunked, connection, content_type, forward
+
+
+def _slow_fields(fields: bytes) -> _Facts:
+    content_length: int | None = None
+    chunked = False
+    connection: set[bytes] = set()
+    content_type = b""
+    for line in fields.split(b"\r\n")[:-1]:
+        name, sep, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if not sep or not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            raise UpstreamError("dockgate: the daemon sent a malformed header")
+        key = name.lower()
+        if key not in HOP_BY_HOP and not key.startswith(b"proxy-"):
+            if key == b"content-type" and not content_type:
+                content_type = value.split(b";")[0].strip().lower()
+        elif key == b"content-length":
+            content_length = _content_length(value, content_length)
+        elif key == b"transfer-encoding":
+            chunked = _transfer_chunked(value)
+        elif key == b"connection":
+            connection |= _tokens(value)
+    return content_length, chunked, connection, content_type, None
 
 
 def request_head(method: str, target: str, headers: Headers) -> bytes:

@@ -86,6 +86,13 @@ def _log_format(value: str) -> str:
     return value
 
 
+def _audit_mode(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in ("on", "denials", "off"):
+        raise ValueError("must be 'on', 'denials' or 'off'")
+    return mode
+
+
 def _compat(value: str) -> str:
     if value not in ("tecnativa", "linuxserver"):
         raise ValueError("must be 'tecnativa' or 'linuxserver'")
@@ -162,6 +169,12 @@ TABLE: tuple[Setting, ...] = (
             "debug, info, notice, warning, err, crit, alert or emerg", "LEVEL"),
     Setting("log_format", "DOCKGATE_LOG_FORMAT", "--log-format", _log_format, "text",
             "text or json, for diagnostics and the per-request line", "FORMAT"),
+    Setting("audit", "DOCKGATE_AUDIT", "--audit", _audit_mode, None,
+            "the audit trail, whatever LOG_LEVEL says: on (every request), denials (denied "
+            "and failed requests), off [default: denials always, allowed requests when "
+            "LOG_LEVEL is info or debug]", "MODE"),
+    Setting("audit_file", "DOCKGATE_AUDIT_FILE", "--audit-file", _text, None,
+            "append the audit trail to this file instead of stderr", "PATH"),
     Setting("max_header_bytes", "DOCKGATE_MAX_HEADER_BYTES", "--max-header-bytes",
             _positive_int, 65536, "largest request head accepted (431 above)", "BYTES"),
     Setting("max_inspect_bytes", "DOCKGATE_MAX_INSPECT_BYTES", "--max-inspect-bytes",
@@ -234,6 +247,8 @@ class Settings:
     compat: str
     log_level: str
     log_format: str
+    audit: str | None
+    audit_file: str | None
     max_header_bytes: int
     max_inspect_bytes: int
     header_timeout: float

@@ -44,7 +44,7 @@ MAX_FACTS_BYTES = 8 * 1024 * 1024  # a container inspect is a few KiB; bound it 
 
 
 class ResponseSink(Protocol):
-    """Receives the events of one response (server.Exchange, or the facts fetcher)."""
+    """Receives the events of one response (relay.Exchange, or the facts fetcher)."""
 
     def on_event(self, event: http1.ResponseEvent) -> None: ...
 
@@ -54,7 +54,7 @@ class ResponseSink(Protocol):
 
 
 class RawPeer(Protocol):
-    """The other side of a hijacked session (server.ClientConnection)."""
+    """The other side of a hijacked session (hijack.Session)."""
 
     def raw_data(self, data: bytes | memoryview) -> None: ...
 
