@@ -34,6 +34,7 @@ from dockgate.decision import (
     Facts,
     NeedFacts,
     Request,
+    libpod_refusal,
 )
 from dockgate.policy_match import ClientRule, ContainerScope, QueryRule, image_matches, primary_name
 
@@ -273,8 +274,9 @@ class PolicyDecider:
     def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
         match = request.match
         if match is None:
-            return _denied(request, "not a Docker Engine API route", "check the path and "
-                           "method", rule="no-route", status=404)
+            return libpod_refusal(request) or _denied(
+                request, "not a Docker Engine API route", "check the path and method",
+                rule="no-route", status=404)
         policy = self.policy_for(client)
         operation = match.operation
         if policy is None:
