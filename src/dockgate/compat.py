@@ -243,9 +243,10 @@ class TecnativaDecider:
         return f"compat:{self.variant}"
 
     def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
-        refusal = libpod_refusal(request)
+        refusal = libpod_refusal(request) if request.match is None else None
         if refusal is not None:
             return refusal  # whatever LIBPOD_* says: see libpod_warnings
+        # (OPTIONS /libpod/... is the Engine API's catch-all route: decided as such.)
         path = request.target.path
         for rule in self._guards:
             if rule.pattern.match(path) and not self.on[rule.variable]:

@@ -477,8 +477,9 @@ _CANONICAL_VERSION = re.compile(r"(?:0|[1-9][0-9]*)\.(?:0|[1-9][0-9]*)")
 
 
 # Podman's own API. dockgate routes and checks only the Docker Engine API (which
-# Podman serves as well); /libpod/... is refused with this explanation, by every
-# decider, whatever a variable or a policy says.
+# Podman serves as well); /libpod/... that no Engine API route matches (all of it
+# but OPTIONS, the Engine API's catch-all) is refused with this explanation, by
+# every decider, whatever a variable or a policy says.
 LIBPOD_REFUSED = ("is Podman's libpod API, which dockgate does not proxy: only the Docker "
                   "Engine API is routed and checked, and Podman serves that too (use a "
                   "Docker API client: the docker CLI, docker-py, podman-docker)")
