@@ -68,7 +68,9 @@ def image(docker_client: docker.DockerClient) -> str:
     """Build the image with the project's own script (the base image is reused if present)."""
     result = subprocess.run([str(ROOT / "scripts" / "build-image")], capture_output=True,
                             text=True, timeout=600, check=False,
-                            env={**os.environ, "DOCKGATE_IMAGE": IMAGE})
+                            env={**os.environ, "DOCKGATE_IMAGE": IMAGE,
+                                 # The daemon under test, not the machine's default one.
+                                 "DOCKER_HOST": f"unix://{DOCKER_SOCKET}"})
     assert result.returncode == 0, result.stdout + result.stderr
     return IMAGE
 
