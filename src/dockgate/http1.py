@@ -625,10 +625,12 @@ class ResponseReader:
                 content_length = int(value)
                 length_value = value
             elif key == b"transfer-encoding":
-                chunked = value.lower().split(b",")[-1].strip() == b"chunked"
-                if not chunked:
+                # One field, exactly "chunked", as Go's client insists (and h11: a second
+                # field was found by fuzz/fuzz_response.py's long campaign).
+                if chunked or value.lower() != b"chunked":
                     raise UpstreamError("dockgate: the daemon sent an unsupported "
                                         "Transfer-Encoding")
+                chunked = True
             elif key == b"connection":
                 connection |= _tokens(value)
         if chunked:
