@@ -600,6 +600,7 @@ class ResponseReader:
         version = status_line[0][5:].decode()
         headers: Headers = []
         content_length: int | None = None
+        length_value = b""
         chunked = False
         connection: set[bytes] = set()
         content_type = b""
@@ -616,15 +617,20 @@ class ResponseReader:
                 if key == b"content-type" and not content_type:
                     content_type = value.split(b";")[0].strip().lower()
             elif key == b"content-length":
+                # A repeated Content-Length must repeat the same bytes ("05" then "5" is
+                # a conflict to h11 and Go; found by fuzz/fuzz_response.py).
                 if not _digits(value) or (
-                        content_length is not None and content_length != int(value)):
+                        content_length is not None and value != length_value):
                     raise UpstreamError("dockgate: the daemon sent an invalid Content-Length")
                 content_length = int(value)
+                length_value = value
             elif key == b"transfer-encoding":
-                chunked = value.lower().split(b",")[-1].strip() == b"chunked"
-                if not chunked:
+                # One field, exactly "chunked", as Go's client insists (and h11: a second
+                # field was found by fuzz/fuzz_response.py's long campaign).
+                if chunked or value.lower() != b"chunked":
                     raise UpstreamError("dockgate: the daemon sent an unsupported "
                                         "Transfer-Encoding")
+                chunked = True
             elif key == b"connection":
                 connection |= _tokens(value)
         if chunked:
