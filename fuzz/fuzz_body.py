@@ -100,7 +100,7 @@ def _decode(value: Any, kind: Any, old: Any) -> Any:
         return _go_string(value)
     tag, inner = kind
     if tag == "list":
-        if not isinstance(value, list):
+        if not isinstance(value, list) or isinstance(value, Pairs):  # Pairs is an object
             raise DaemonRefusesError
         previous = old or []
         return [_decode(item, inner, previous[i] if i < len(previous) else None)

@@ -9,6 +9,7 @@ prefix, runs with ``--network none`` and is removed at the end of the session.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import io
 import os
@@ -45,6 +46,22 @@ NAME_PREFIX = "dgtest-"
 ALL_ON = dict.fromkeys(["CONTAINERS", "IMAGES", "EXEC", "BUILD", "POST", "INFO", "NETWORKS",
                         "VOLUMES", "EVENTS", "VERSION", "PING", "SYSTEM", "DISTRIBUTION",
                         "AUTH", "SESSION"], "1")
+
+
+@functools.cache
+def daemon_is_podman() -> bool:
+    """True when DOCKGATE_TEST_SOCKET is Podman's Docker-compatible service, not dockerd.
+
+    The parity and scoping suites run against both (scripts/test); where Podman 4.3
+    answers differently from dockerd whatever the proxy does, a test says so by
+    name, and docs/podman.md lists each difference.
+    """
+    client = docker.APIClient(base_url=f"unix://{DOCKER_SOCKET}", timeout=30)
+    try:
+        components = client.version().get("Components") or []
+    finally:
+        client.close()
+    return any(c.get("Name") == "Podman Engine" for c in components)
 
 
 def free_port() -> int:

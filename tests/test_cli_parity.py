@@ -31,7 +31,14 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import ALL_ON, DOCKER_SOCKET, DockgateProcess, StartDockgate, unique_name
+from conftest import (
+    ALL_ON,
+    DOCKER_SOCKET,
+    DockgateProcess,
+    StartDockgate,
+    daemon_is_podman,
+    unique_name,
+)
 
 pytestmark = pytest.mark.daemon
 
@@ -140,6 +147,8 @@ def test_info_describes_the_same_daemon_through_the_proxy(
     """docker info is what operators run first to see whether the proxy works at all."""
     stable = ("ID", "Name", "ServerVersion", "Driver", "KernelVersion", "OperatingSystem",
               "OSType", "Architecture", "NCPU", "MemTotal", "DockerRootDir", "CgroupDriver")
+    if daemon_is_podman():
+        stable = stable[1:]  # Podman makes up a new ID (a UUID) for every GET /info
     there = json.loads(succeeded(direct("info", "--format", "{{json .}}")).stdout)
     here = json.loads(succeeded(proxied("info", "--format", "{{json .}}")).stdout)
     assert sorted(here) == sorted(there)
@@ -149,7 +158,8 @@ def test_info_describes_the_same_daemon_through_the_proxy(
 def test_ps_lists_the_same_container_through_the_proxy(
         direct: DockerCli, proxied: DockerCli, sleeper: str) -> None:
     """Container listing with filters is the most common read a proxied client makes."""
-    args = ("ps", "--all", "--no-trunc", "--filter", f"name=^/{sleeper}$", "--format",
+    # "/?": dockerd matches the filter against "/name", Podman against "name".
+    args = ("ps", "--all", "--no-trunc", "--filter", f"name=^/?{sleeper}$", "--format",
             "{{json .}}")
     there = json_lines(succeeded(direct(*args)).stdout)
     here = json_lines(succeeded(proxied(*args)).stdout)
@@ -173,7 +183,8 @@ def test_run_preserves_the_exit_code_and_both_output_streams(
         direct: DockerCli, proxied: DockerCli, busybox_image: str) -> None:
     """Scripts rely on `docker run` exit codes; attach must keep stdout and stderr apart."""
     script = "echo to-stdout; echo to-stderr >&2; exit 7"
-    results = [cli("run", "--rm", "--network", "none", "--name", unique_name("cli-run"),
+    # Without --rm: Podman 4.3 reports exit 0 for `run --rm` even straight from its socket.
+    results = [cli("run", "--network", "none", "--name", unique_name("cli-run"),
                    busybox_image, "sh", "-c", script) for cli in (direct, proxied)]
     assert [(r.returncode, r.stdout, r.stderr) for r in results] == \
            [(7, b"to-stdout\n", b"to-stderr\n")] * 2
@@ -240,7 +251,11 @@ def test_events_between_since_and_until_are_the_same(
     replays = [finish(cli.start(*args), timeout=30) for cli in (direct, proxied)]
     there, here = (json_lines(succeeded(replay).stdout) for replay in replays)
     assert here == there
-    assert {"create", "start", "die", "destroy"} <= {event["Action"] for event in here}
+    # Podman 4.3 replays nothing for since+until (its live stream works: the scoping
+    # tests read one), straight from its socket too.
+    expected = set() if daemon_is_podman() else {"create", "start", "die", "destroy"}
+    assert expected <= {event["Action"] for event in here}
+    assert bool(here) == bool(expected)
 
 
 def test_cp_copies_fifty_megabytes_both_ways_intact(
@@ -306,7 +321,8 @@ def test_stats_no_stream_reports_the_same_container(
     here = json_lines(succeeded(proxied(*args, timeout=60)).stdout)
     assert [{k: row[k] for k in identity} for row in here] == \
            [{k: row[k] for k in identity} for row in there]
-    assert [row["Name"] for row in here] == [sleeper]
+    # Podman's stats name lacks dockerd's leading "/", which the CLI cuts off anyway.
+    assert [row["Name"] for row in here] == [sleeper[1:] if daemon_is_podman() else sleeper]
 
 
 def test_wait_returns_the_container_exit_code(

@@ -13,8 +13,8 @@ import pytest
 from conftest import free_port, wait_for_port
 from dockgate import compat
 from dockgate.decision import Allow, Client, Deny, Facts, Request
-from dockgate.errors import ConfigError
-from dockgate.routes import Body, Match, Route, Stream, Target
+from dockgate.errors import BadTarget, ConfigError
+from dockgate.routes import Body, Match, Route, Stream, Target, parse_target
 
 CLIENT = Client(listener="test", transport="tcp", address="127.0.0.1", port=1)
 
@@ -231,7 +231,7 @@ def test_linuxserver_action_flags_work_with_post_off() -> None:
     """linuxserver checks ALLOW_* before the POST gate, for any method."""
     env = {"ALLOW_START": "1"}
     assert decide(env, "POST", "/containers/gw/start", "linuxserver") == Allow(rule="ALLOW_START")
-    assert decide(env, "DELETE", "/v1.41/libpod/containers/gw/start",
+    assert decide(env, "DELETE", "/v1.41/containers/gw/start",
                   "linuxserver") == Allow(rule="ALLOW_START")
     decision = decide({}, "POST", "/containers/gw/start", "linuxserver")
     assert isinstance(decision, Deny)
@@ -262,14 +262,39 @@ def test_linuxserver_read_guards_deny_before_action_flags() -> None:
     assert decision.status == 403
 
 
-def test_linuxserver_libpod_sections_and_defaults() -> None:
-    """LIBPOD_PING and LIBPOD_VERSION default to 1; LIBPOD_* open /libpod/<section>."""
-    assert deny({}, "GET", "/v4.0.0/libpod/_ping", "linuxserver", operation=None).status == 404
-    assert deny({"LIBPOD_PING": "0"}, "GET", "/libpod/_ping", "linuxserver",
-                operation=None).status == 403
-    assert decide({"LIBPOD_IMAGES": "1"}, "GET", "/libpod/images/json",
-                  "linuxserver") == Allow(rule="LIBPOD_IMAGES")
-    assert isinstance(decide({"LIBPOD_IMAGES": "1"}, "GET", "/libpod/images/json"), Deny)
+@pytest.mark.parametrize("env", [{}, {"LIBPOD_PING": "1"}, {"LIBPOD_IMAGES": "1", "IMAGES": "1"},
+                                 {"ALLOW_START": "1", "LIBPOD_CONTAINERS": "1", "POST": "1"}])
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/libpod/_ping"), ("GET", "/v1.41/libpod/images/json"),
+    ("POST", "/libpod/containers/gw/start"), ("GET", "/libpod"),
+])
+def test_podmans_libpod_api_is_refused_whatever_the_variables_say(
+        env: dict[str, str], method: str, path: str) -> None:
+    """dockgate routes only the Docker Engine API: a libpod request is refused and told why."""
+    for variant in ("linuxserver", "tecnativa"):
+        decision = deny(env, method, path, variant, operation=None)
+        assert (decision.status, decision.rule) == (404, "libpod")
+        assert "Podman's libpod API, which dockgate does not proxy" in decision.message
+
+
+def test_libpod_variables_set_on_are_named_in_a_startup_warning() -> None:
+    """LIBPOD_IMAGES=1 would look like a grant: serve and audit say it grants nothing."""
+    _decider, warnings = compat.decider_from_env(
+        {"LIBPOD_IMAGES": "1", "LIBPOD_PING": "0", "IMAGES": "1"}, "linuxserver")
+    assert warnings == ["LIBPOD_IMAGES='1' grants nothing: dockgate refuses Podman's libpod "
+                        "API (/libpod/...) whatever the variables say; Podman's "
+                        "Docker-compatible API is granted by the Docker variables (IMAGES...)"]
+    assert compat.decider_from_env({"LIBPOD_IMAGES": "1"}, "tecnativa")[1] == []
+
+
+def test_a_libpod_target_with_podmans_version_spelling_is_refused_as_libpod() -> None:
+    """Podman clients write /v4.3.1/libpod/...: the 400 names libpod, not a loose version."""
+    with pytest.raises(BadTarget) as caught:
+        parse_target("/v4.3.1/libpod/_ping")
+    assert "Podman's libpod API" in caught.value.message
+    with pytest.raises(BadTarget) as caught:
+        parse_target("/v4.3.1/containers/json")
+    assert "loose API version" in caught.value.message
 
 
 def test_linuxserver_reads_more_variables_than_tecnativa() -> None:

@@ -276,3 +276,14 @@ def test_a_daemon_killed_and_restarted_under_load_costs_502s_and_nothing_else(
     assert proxy.process.pid == pid
     assert proxy.process.poll() is None
     assert quiet_fds(proxy, fake) == baseline
+
+
+def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(
+        fake: FakeDaemon, proxy: DockgateProcess) -> None:
+    """`printf 'GET ...' | nc -N`: the half-close reaches the daemon, the answer the client."""
+    with connect(proxy) as sock:
+        sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        raw = read_all(sock)
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert raw.endswith(b'{"message": "fake"}\n')

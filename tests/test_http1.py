@@ -345,6 +345,10 @@ def test_malformed_daemon_output_is_an_upstream_error() -> None:
                  b"HTTP/1.1 +200 OK\r\n\r\n", b"HTTP/1.1 200 O\x01K\r\n\r\n",
                  b"HTTP/1.1 200 OK\r\nContent-Len/th: 5\r\n\r\nhello",
                  b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nContent-Length: 05\r\nContent-Length: 5\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
                  # Found by tests/test_faults.py: a whole oversized head in one read.
                  b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n"]:
         reader = http1.ResponseReader()

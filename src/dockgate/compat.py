@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from dockgate import routes
-from dockgate.decision import Allow, Client, Decision, Deny, Facts, Request
+from dockgate.decision import Allow, Client, Decision, Deny, Facts, Request, libpod_refusal
 from dockgate.errors import ConfigError
 from dockgate.hazards import DANGEROUS
 
@@ -217,6 +217,17 @@ def truth_warnings(env: Mapping[str, str], variant: str) -> list[str]:
     return warnings
 
 
+def libpod_warnings(env: Mapping[str, str], variant: str) -> list[str]:
+    """One warning per LIBPOD_* variable set on: it grants nothing (libpod is refused)."""
+    if variant != "linuxserver":
+        return []
+    return [f"{name}={env[name]!r} grants nothing: dockgate refuses Podman's libpod API "
+            "(/libpod/...) whatever the variables say; Podman's Docker-compatible API is "
+            f"granted by the Docker variables ({name.removeprefix('LIBPOD_')}...)"
+            for name in variables(variant)
+            if name.startswith("LIBPOD_") and name in env and haproxy_bool(env[name])]
+
+
 class TecnativaDecider:
     """Decides exactly as Tecnativa's (or linuxserver's) HAProxy rules, with readable denials."""
 
@@ -236,6 +247,10 @@ class TecnativaDecider:
         return f"compat:{self.variant}"
 
     def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
+        refusal = libpod_refusal(request) if request.match is None else None
+        if refusal is not None:
+            return refusal  # whatever LIBPOD_* says: see libpod_warnings
+        # (OPTIONS /libpod/... is the Engine API's catch-all route: decided as such.)
         path = request.target.path
         for rule in self._guards:
             if rule.pattern.match(path) and not self.on[rule.variable]:
@@ -350,7 +365,8 @@ def _join(items: list[str], word: str) -> str:
 def decider_from_env(env: Mapping[str, str], variant: str = "tecnativa"
                      ) -> tuple[TecnativaDecider, list[str]]:
     """The decider the variables describe, and the startup warnings about their values."""
-    return TecnativaDecider(grants(env, variant), variant), truth_warnings(env, variant)
+    return (TecnativaDecider(grants(env, variant), variant),
+            truth_warnings(env, variant) + libpod_warnings(env, variant))
 
 
 # --- The risk report: derived by running the decider over the route table. -------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from dockgate.errors import UpstreamError
-from dockgate.routes import Match, Target
+from dockgate.routes import LIBPOD_REFUSED, Match, Target, is_libpod
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,14 @@ class Decider(Protocol):
     def decide(self, client: Client, request: Request, facts: Facts) -> Decision: ...
 
 
+def libpod_refusal(request: Request) -> Deny | None:
+    """The answer every decider gives Podman's libpod API (see routes.LIBPOD_REFUSED)."""
+    if not is_libpod(request.target):
+        return None
+    return Deny(f"dockgate: {request.method} {request.target.api_path} {LIBPOD_REFUSED}",
+                status=404, rule="libpod")
+
+
 class AllowAll:
     """Forwards every routable request. For tests and explicit ``--allow-all`` only."""
 
@@ -223,8 +231,9 @@ class AllowAll:
 
     def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
         if request.match is None:
-            return Deny(f"dockgate: {request.method} {request.target.path} is not a Docker "
-                        "Engine API route", status=404, rule="no-route")
+            return libpod_refusal(request) or Deny(
+                f"dockgate: {request.method} {request.target.path} is not a Docker Engine "
+                "API route", status=404, rule="no-route")
         return Allow(rule="allow-all")
 
 

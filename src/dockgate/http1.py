@@ -731,14 +731,18 @@ class ResponseReader:
 _Facts = tuple[int | None, bool, AbstractSet[bytes], bytes, bytes | None]
 
 
-def _content_length(value: bytes, previous: int | None) -> int:
-    if not _digits(value) or (previous is not None and previous != int(value)):
+def _content_length(value: bytes, previous: bytes | None) -> int:
+    # A repeated Content-Length must repeat the same bytes ("05" then "5" is a
+    # conflict to h11 and Go; found by fuzz/fuzz_response.py).
+    if not _digits(value) or (previous is not None and previous != value):
         raise UpstreamError("dockgate: the daemon sent an invalid Content-Length")
     return int(value)
 
 
-def _transfer_chunked(value: bytes) -> bool:
-    if value.lower().split(b",")[-1].strip() != b"chunked":
+def _transfer_chunked(value: bytes, repeated: bool = False) -> bool:
+    # One field, exactly "chunked", as Go's client insists (and h11: a second field
+    # was found by fuzz/fuzz_response.py's long campaign).
+    if repeated or value.lower() != b"chunked":
         raise UpstreamError("dockgate: the daemon sent an unsupported Transfer-Encoding")
     return True
 
@@ -786,6 +790,7 @@ def _fast_fields(fields: bytes) -> _Facts | None:
 
 def _slow_fields(fields: bytes) -> _Facts:
     content_length: int | None = None
+    length_value: bytes | None = None
     chunked = False
     connection: set[bytes] = set()
     content_type = b""
@@ -799,9 +804,10 @@ def _slow_fields(fields: bytes) -> _Facts:
             if key == b"content-type" and not content_type:
                 content_type = value.split(b";")[0].strip().lower()
         elif key == b"content-length":
-            content_length = _content_length(value, content_length)
+            content_length = _content_length(value, length_value)
+            length_value = value
         elif key == b"transfer-encoding":
-            chunked = _transfer_chunked(value)
+            chunked = _transfer_chunked(value, repeated=chunked)
         elif key == b"connection":
             connection |= _tokens(value)
     return content_length, chunked, connection, content_type, None

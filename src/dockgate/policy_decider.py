@@ -46,6 +46,7 @@ from dockgate.decision import (
     Facts,
     NeedFacts,
     Request,
+    libpod_refusal,
 )
 from dockgate.hazards import DANGEROUS
 from dockgate.policy_match import (
@@ -463,8 +464,9 @@ class PolicyDecider:
     def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
         match = request.match
         if match is None:
-            return _denied(request, "not a Docker Engine API route", "check the path and "
-                           "method", rule="no-route", status=404)
+            return libpod_refusal(request) or _denied(
+                request, "not a Docker Engine API route", "check the path and method",
+                rule="no-route", status=404)
         policy = self.policy_for(client)
         operation = match.operation
         if policy is None:

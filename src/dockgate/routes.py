@@ -499,6 +499,20 @@ _VERSION_SEGMENT = re.compile(r"v[0-9.]+")
 _CANONICAL_VERSION = re.compile(r"(?:0|[1-9][0-9]*)\.(?:0|[1-9][0-9]*)")
 
 
+# Podman's own API. dockgate routes and checks only the Docker Engine API (which
+# Podman serves as well); /libpod/... that no Engine API route matches (all of it
+# but OPTIONS, the Engine API's catch-all) is refused with this explanation, by
+# every decider, whatever a variable or a policy says.
+LIBPOD_REFUSED = ("is Podman's libpod API, which dockgate does not proxy: only the Docker "
+                  "Engine API is routed and checked, and Podman serves that too (use a "
+                  "Docker API client: the docker CLI, docker-py, podman-docker)")
+
+
+def is_libpod(target: Target) -> bool:
+    """True for Podman's libpod API paths (``/libpod/...``, any version prefix)."""
+    return target.api_path == "/libpod" or target.api_path.startswith("/libpod/")
+
+
 def _char_name(char: str) -> str:
     return repr(char) if char.isprintable() and char != " " else f"U+{ord(char):04X}"
 
@@ -653,6 +667,9 @@ def parse_target(raw: str) -> Target:
     # Same shape as the daemon's versionMatcher: a whole first segment, then "/".
     if len(segments) > 2 and _VERSION_SEGMENT.fullmatch(segments[1]):
         candidate = segments[1][1:]
+        if segments[2] == "libpod" and not _CANONICAL_VERSION.fullmatch(candidate):
+            # Podman's clients write /v4.3.1/libpod/...: say why, not "loose version".
+            raise BadTarget(f"request target {raw!r} {LIBPOD_REFUSED}")
         if not _CANONICAL_VERSION.fullmatch(candidate):
             fixed = _canonical_version(candidate)
             hint = (f"canonical form: /v{fixed}/{'/'.join(segments[2:])}"
