@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,9 +206,17 @@ def test_two_client_certificates_get_different_policies(
     assert not restarted(docker_client, setup.gw, before)
     assert over_tls(setup, "relay", "POST", restart) == 204
     assert restarted(docker_client, setup.gw, before)
-    audit = [json.loads(line) for line in setup.proxy.log().splitlines()
-             if line.startswith("{") and '"event":"request"' in line]
-    assert any(r["status"] == 204 and "cn=relay" in r["client"] for r in audit)
+    # The audit line is written once the answer has gone out (batched per loop turn):
+    # the client can read its 204 before the line reaches the log.
+    deadline = time.monotonic() + 5
+    while True:
+        audit = [json.loads(line) for line in setup.proxy.log().splitlines()
+                 if line.startswith("{") and '"event":"request"' in line]
+        found = any(r["status"] == 204 and "cn=relay" in r["client"] for r in audit)
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert found
 
 
 def test_the_docker_cli_restarts_with_its_own_tls_settings(
