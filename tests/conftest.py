@@ -14,6 +14,7 @@ import glob
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -293,3 +294,54 @@ def fake(sockdir: Path) -> Iterator[FakeDaemon]:
     """A fake daemon on a unix socket in ``sockdir``, answering 200 JSON unless told otherwise."""
     with FakeDaemon(sockdir / "fake.sock") as daemon:
         yield daemon
+
+
+class SecondDaemon:
+    """A private dockerd (no networking of its own) under a short /tmp directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.socket = root / "docker.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.root / "dockerd.log").open("ab")
+        self.process = subprocess.Popen(
+            ["dockerd", "--data-root", str(self.root / "data"),
+             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "pid"),
+             "-H", f"unix://{self.socket}", "--bridge=none", "--iptables=false",
+             "--ip6tables=false"], stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            result = subprocess.run(["curl", "-s", "--unix-socket", str(self.socket),
+                                     "http://d/_ping"], capture_output=True, check=False)
+            if result.stdout == b"OK":
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the second dockerd did not come up: "
+                           + (self.root / "dockerd.log").read_text()[-2000:])
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@pytest.fixture
+def second_daemon() -> Iterator[SecondDaemon]:
+    """A second dockerd, stopped and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="dg-", dir="/tmp"))
+    daemon = SecondDaemon(root)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)

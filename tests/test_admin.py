@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import StartDockgate, free_port, wait_for_port
-from test_upstream_restart import SecondDaemon
+from conftest import SecondDaemon, StartDockgate, free_port, wait_for_port
 
 pytestmark = pytest.mark.daemon
 
@@ -31,20 +27,6 @@ def get(port: int, path: str) -> tuple[int, str]:
             return reply.status, reply.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
-
-
-@pytest.fixture
-def private_daemon() -> Iterator[SecondDaemon]:
-    """A private dockerd this test may stop (never the shared one)."""
-    root = Path(tempfile.mkdtemp(prefix="dg-", dir="/tmp"))
-    daemon = SecondDaemon(root)
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_health_and_metrics_answer_where_the_api_policy_denies_everything(
@@ -71,20 +53,20 @@ def test_health_and_metrics_answer_where_the_api_policy_denies_everything(
 
 
 def test_readyz_flips_when_the_daemon_goes_away_and_comes_back(
-        start_dockgate: StartDockgate, private_daemon: SecondDaemon) -> None:
+        start_dockgate: StartDockgate, second_daemon: SecondDaemon) -> None:
     """Readiness is the daemon answering /_ping; liveness stays up while it is gone."""
     admin = free_port()
-    start_dockgate(upstream=f"unix://{private_daemon.socket}",
+    start_dockgate(upstream=f"unix://{second_daemon.socket}",
                    args=["--admin-listen", f"127.0.0.1:{admin}"])
     wait_for_port(admin)
     assert get(admin, "/readyz")[0] == 200
-    private_daemon.stop()
+    second_daemon.stop()
     status, text = get(admin, "/readyz")
     assert status == 503
     assert text.startswith(f"not ready: cannot connect to the daemon at "
-                           f"unix://{private_daemon.socket}")
+                           f"unix://{second_daemon.socket}")
     assert get(admin, "/healthz")[0] == 200
-    private_daemon.start()
+    second_daemon.start()
     assert get(admin, "/readyz")[0] == 200
 
 
