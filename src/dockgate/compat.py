@@ -39,6 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from dockgate import routes
 from dockgate.decision import Allow, Client, Decision, Deny, Facts, Request, libpod_refusal
@@ -228,6 +229,9 @@ def libpod_warnings(env: Mapping[str, str], variant: str) -> list[str]:
             if name.startswith("LIBPOD_") and name in env and haproxy_bool(env[name])]
 
 
+_MEMO_SIZE: Final = 4096  # as many as connection.route keeps
+
+
 class TecnativaDecider:
     """Decides exactly as Tecnativa's (or linuxserver's) HAProxy rules, with readable denials."""
 
@@ -241,12 +245,26 @@ class TecnativaDecider:
         self._sections = _section_rules(variant)
         self._guards = _guard_rules() if variant == "linuxserver" else ()
         self._hints: dict[tuple[str, tuple[tuple[str, ...], ...]], str] = {}
+        # Decisions by request, which is all they depend on. Keyed by identity: the
+        # shell hands the same Request object for a repeated target (connection.route),
+        # and the entry keeps it alive, so an id is never reused while it is here.
+        self._memo: dict[int, tuple[Request, Decision]] = {}
 
     @property
     def name(self) -> str:
         return f"compat:{self.variant}"
 
     def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
+        memo = self._memo.get(id(request))
+        if memo is not None and memo[0] is request:
+            return memo[1]
+        decision = self._decide(request)
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()
+        self._memo[id(request)] = (request, decision)
+        return decision
+
+    def _decide(self, request: Request) -> Decision:
         refusal = libpod_refusal(request) if request.match is None else None
         if refusal is not None:
             return refusal  # whatever LIBPOD_* says: see libpod_warnings

@@ -390,6 +390,8 @@ class RequestReader:
         while buf.startswith(b"\r\n", self._pos):
             self._pos += 2
         pos = self._pos
+        if pos == len(buf):
+            return NEED_DATA  # between requests: nothing buffered
         end = buf.find(b"\r\n\r\n", pos)
         if end < 0:
             # (The look-behind must not see the byte before pos: the last body's.)

@@ -142,23 +142,25 @@ def records_allowed() -> bool:
     return _destination.writer is not None and _destination.allowed
 
 
-def next_request_id() -> str:
-    return f"{_destination.id_prefix}{next(_destination.ids):x}"
-
-
 class _Clock:
-    """RFC 3339 UTC with milliseconds; the seconds part is formatted once per second."""
+    """RFC 3339 UTC with milliseconds: the seconds part is formatted once per second,
+    the whole stamp once per millisecond (a busy proxy writes many lines in one)."""
 
     second = -1
     prefix = ""
+    millisecond = -1
+    stamp = ""
 
     def now(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self.second:
-            self.second = second
-            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f'{{"time":"{self.prefix}.{int((now - second) * 1000):03d}Z"'
+        millisecond = int(time.time() * 1000)
+        if millisecond != self.millisecond:
+            self.millisecond = millisecond
+            second = millisecond // 1000
+            if second != self.second:
+                self.second = second
+                self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self.stamp = f'{{"time":"{self.prefix}.{millisecond % 1000:03d}Z"'
+        return self.stamp
 
 
 _clock = _Clock()
@@ -215,12 +217,12 @@ class RequestRecord:
     """What one request's audit line says, filled in as the pipeline goes."""
 
     __slots__ = ("bytes_in", "bytes_out", "decision", "forwarded", "grant", "method",
-                 "operation", "policy", "reason", "request_id", "resource", "rule",
+                 "number", "operation", "policy", "reason", "resource", "rule",
                  "started", "status", "target", "user_agent")
 
     def __init__(self, method: str | None, target: str | None,
                  user_agent: str | None) -> None:
-        self.request_id = next_request_id()
+        self.number = next(_destination.ids)  # formatted only when a line is written
         self.method = method
         self.target = target
         self.user_agent = user_agent
@@ -261,11 +263,16 @@ class RequestRecord:
             line += f',"forwarded":{quote(self.forwarded)}'
         return line
 
+    @property
+    def request_id(self) -> str:
+        return f"{_destination.id_prefix}{self.number:x}"
+
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000
 
-    def write(self, connection: str) -> None:
-        """The request line; allowed requests only when the switch records them."""
+    def write(self, connection: str, seconds: float) -> None:
+        """The request line (``seconds`` it took); allowed requests only when the switch
+        records them."""
         writer = _destination.writer
         if writer is None or (self.decision == "allow" and not _destination.allowed):
             return
@@ -279,7 +286,7 @@ class RequestRecord:
                     _MIDDLES.clear()
                 _MIDDLES[key] = middle
         line = (f'{_clock.now()},"level":"info"{connection},"event":"request",'
-                f'"request_id":"{self.request_id}"{middle}')
+                f'"request_id":"{_destination.id_prefix}{self.number:x}"{middle}')
         writer.write(f'{line},"status":{self.status},"bytes_in":{self.bytes_in},'
                      f'"bytes_out":{self.bytes_out},"duration_ms":'
-                     f'{(time.monotonic() - self.started) * 1000:.3f}}}\n')
+                     f'{seconds * 1000:.3f}}}\n')

@@ -813,9 +813,10 @@ class ClientConnection(asyncio.Protocol):
             record.status = status
             record.bytes_in = self.bytes_in
             record.bytes_out = self.bytes_out
-            record.write(self.tag)
+            seconds = time.monotonic() - record.started
+            record.write(self.tag, seconds)
             metrics.count_request(record.operation or "none", record.decision, status,
-                                  time.monotonic() - record.started)
+                                  seconds)
             self._record = None
         self.busy = False
         if self.session is not None:
@@ -865,7 +866,7 @@ class ClientConnection(asyncio.Protocol):
         record.status = status
         record.bytes_in = self.reader.buffered
         record.bytes_out = self.bytes_out
-        record.write(self.tag)
+        record.write(self.tag, 0.0)
         metrics.count_request("none", "error", status)
         self._close()
 
