@@ -692,7 +692,11 @@ class ResponseReader:
         if raw == self._last_raw and self._method == self._last_method:
             head = self._last_head
             # The same bytes frame the same way (a daemon's heads differ by their Date
-            # at most once a second); a fresh object, since callers extend its lists.
+            # at most once a second). The same object while nobody has asked for its
+            # field lists (relaying needs ``forward`` alone); a fresh one once they
+            # exist, since callers extend them.
+            if head._headers is None and head._end_to_end is None:
+                return head
             return ResponseHead(head.status, head.reason, head.version, head.fields,
                                 content_length=head.content_length, chunked=head.chunked,
                                 keep_alive=head.keep_alive, has_body=head.has_body,
