@@ -134,9 +134,12 @@ def test_approval_rewrites_the_catalog_and_succeeds_only_once_the_gateway_runs_a
                          "env": "GITHUB_PERSONAL_ACCESS_TOKEN"}]}}}
     assert hook.env_file.read_text() == "github.personal_access_token=ghp_test\n"
     audit = [json.loads(line) for line in proxy.log().splitlines() if line.startswith("{")]
-    assert [(a["operation"], a["decision"], a["status"]) for a in audit] == [
-        ("container.inspect", "allow", 200), ("container.restart", "allow", 204),
-        ("container.inspect", "allow", 200)]
+    calls = [(a["operation"], a["decision"], a["status"]) for a in audit]
+    assert calls[:2] == [("container.inspect", "allow", 200),
+                         ("container.restart", "allow", 204)]
+    # Readiness: inspects until the new start has stayed running for --settle (1 s).
+    assert len(calls) >= 3
+    assert set(calls[2:]) == {("container.inspect", "allow", 200)}
     assert audit[1]["target"] == f"/containers/{gateway}/restart?t=2"
 
 

@@ -137,7 +137,7 @@ def make_certificate(directory: Path, name: str) -> None:
 def options(**overrides: object) -> RestartOptions:
     values: dict[str, object] = {"gateway": "gw", "stop_timeout": 3, "retries": 3,
                                  "backoff": 0.01, "readiness": "none", "ready_timeout": 2.0,
-                                 "poll_interval": 0.01}
+                                 "poll_interval": 0.01, "settle": 0.0}
     values.update(overrides)
     return RestartOptions(**values)  # type: ignore[arg-type]
 
@@ -240,6 +240,38 @@ def test_gateway_that_never_runs_again_is_not_ready(fake: FakeDocker) -> None:
     fake.script[("POST", "/containers/gw/restart")] = [Reply(204)]
     with pytest.raises(NotReadyError, match=r"not running again after 0.2s"):
         Restarter(fake.endpoint, options(readiness="inspect", ready_timeout=0.2)).run()
+
+
+def test_gateway_seen_running_for_a_moment_is_not_ready(fake: FakeDocker) -> None:
+    """A gateway that exits right after its start is caught running by one poll: not ready."""
+    fake.script[("GET", "/containers/gw/json")] = [
+        inspect(True, OLD), inspect(True, NEW), inspect(False, NEW)]
+    fake.script[("POST", "/containers/gw/restart")] = [Reply(204)]
+    with pytest.raises(NotReadyError, match=r"not running again after 0.3s"):
+        Restarter(fake.endpoint, options(readiness="inspect", ready_timeout=0.3,
+                                         settle=0.1)).run()
+
+
+def test_gateway_restarted_again_by_its_policy_must_settle_on_one_start(
+        fake: FakeDocker) -> None:
+    """A crash loop shows a new StartedAt at every poll: it never stays up, so not ready."""
+    starts = [f"2026-12-01T10:00:{second:02d}.000000000Z" for second in range(10, 60)]
+    fake.script[("GET", "/containers/gw/json")] = [
+        inspect(True, OLD), *(inspect(True, start) for start in starts)]
+    fake.script[("POST", "/containers/gw/restart")] = [Reply(204)]
+    with pytest.raises(NotReadyError, match=r"has not stayed running for 5s"):
+        Restarter(fake.endpoint, options(readiness="inspect", ready_timeout=0.3, settle=5,
+                                         poll_interval=0.005)).run()
+
+
+def test_gateway_that_stays_up_for_the_settle_time_is_ready(fake: FakeDocker) -> None:
+    """Readiness returns once the same start has been seen running for --settle seconds."""
+    fake.script[("GET", "/containers/gw/json")] = [inspect(True, OLD), inspect(True, NEW)]
+    fake.script[("POST", "/containers/gw/restart")] = [Reply(204)]
+    result = Restarter(fake.endpoint, options(readiness="inspect", settle=0.1)).run()
+    assert result.started_at == NEW
+    assert result.seconds >= 0.1
+    assert fake.received.count("GET /containers/gw/json") > 2
 
 
 def test_inspect_denied_explains_the_readiness_choice(fake: FakeDocker) -> None:

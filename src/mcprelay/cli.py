@@ -92,6 +92,10 @@ def add_restart_arguments(parser: argparse.ArgumentParser, *, optional: bool) ->
                             "(trust the restart's 204) [default: inspect]")
     group.add_argument("--ready-timeout", type=float, default=60.0, metavar="SECONDS",
                        help="how long to wait for running/healthy after the restart [default: 60]")
+    group.add_argument("--settle", type=float, default=1.0, metavar="SECONDS",
+                       help="with readiness inspect: how long the gateway must stay running "
+                            "(the same start) to count as running again, so that one that "
+                            "exits on start is not reported ready [default: 1]")
     group.add_argument("--health-url", metavar="URL",
                        help="also wait until this http(s) URL answers 2xx")
 
@@ -142,7 +146,8 @@ def restart_options(args: argparse.Namespace) -> RestartOptions:
     return RestartOptions(gateway=args.gateway, stop_timeout=args.stop_timeout,
                           start_allowance=args.start_allowance, retries=args.retries,
                           backoff=args.backoff, readiness=args.readiness,
-                          ready_timeout=args.ready_timeout, health_url=args.health_url)
+                          ready_timeout=args.ready_timeout, settle=args.settle,
+                          health_url=args.health_url)
 
 
 def relay_config(args: argparse.Namespace, env: Mapping[str, str]) -> RelayConfig:

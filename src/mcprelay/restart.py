@@ -10,8 +10,11 @@ Sequence (each step's failure is its own error class, see errors.py):
    Transient failures (unreachable, 502/503/504) are retried with exponential
    backoff; a timeout is not retried, the restart may still be under way.
 3. readiness ``inspect``: poll until State.Running and StartedAt is newer than
-   in step 1. Readiness ``none`` trusts the 204 (the daemon answers it only
-   after the start succeeded); use it when the proxy allows restart only.
+   in step 1, and it stays so (the same StartedAt, still running) for ``settle``
+   seconds: a gateway that exits on start, or that a restart policy keeps
+   restarting, is seen running for a moment and is not ready. Readiness
+   ``none`` trusts the 204 (the daemon answers it only after the start
+   succeeded); use it when the proxy allows restart only.
 4. ``--health-url``: poll until it answers 2xx.
 
 Only then is the restart reported as a success.
@@ -61,14 +64,15 @@ class RestartOptions:
     ready_timeout: float = 60.0
     health_url: str | None = None
     poll_interval: float = 0.25
+    settle: float = 1.0
 
     def __post_init__(self) -> None:
         if not CONTAINER_NAME.fullmatch(self.gateway):
             raise InputError(f"invalid gateway container name {self.gateway[:80]!r}")
         if self.readiness not in READINESS_MODES:
             raise InputError(f"readiness must be one of {', '.join(READINESS_MODES)}")
-        if self.stop_timeout < 0 or self.retries < 0 or self.backoff < 0:
-            raise InputError("stop timeout, retries and backoff must not be negative")
+        if self.stop_timeout < 0 or self.retries < 0 or self.backoff < 0 or self.settle < 0:
+            raise InputError("stop timeout, retries, backoff and settle must not be negative")
         if self.health_url is not None and urlsplit(self.health_url).scheme not in (
                 "http", "https"):
             raise InputError(f"health URL {self.health_url[:80]!r} must be http:// or https://")
@@ -193,11 +197,22 @@ class Restarter:
 
     def wait_running(self, before: dict[str, Any], deadline: float) -> str:
         previous = started_at_key(str(before.get("StartedAt", "")))
+        running_since: tuple[str, float] | None = None  # (StartedAt, when first seen)
         while True:
             state = self.inspect()
             started_at = str(state.get("StartedAt", ""))
             if state.get("Running") is True and started_at_key(started_at) > previous:
-                return started_at
+                if running_since is None or running_since[0] != started_at:
+                    running_since = (started_at, self.clock())
+                if self.clock() - running_since[1] >= self.options.settle:
+                    return started_at
+            else:
+                running_since = None
+            if self.clock() >= deadline and running_since is not None:
+                raise NotReadyError(
+                    f"gateway {self.options.gateway} started again but has not stayed "
+                    f"running for {self.options.settle:g}s within "
+                    f"{self.options.ready_timeout:g}s (--settle)")
             if self.clock() >= deadline:
                 raise NotReadyError(
                     f"gateway {self.options.gateway} is not running again after "
