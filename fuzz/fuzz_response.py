@@ -9,7 +9,10 @@ daemon answers (its EOF follows the last byte). Invariants, checked by ``check``
 * a response the reader reads to its end, h11 (as the client of the same request)
   reads identically: status, end-to-end header fields, body, and where it ends;
 * what the proxy sends on for it (the end-to-end fields, fresh framing) parses in h11
-  to the same status, fields and body.
+  to the same status, fields and body;
+* passthrough (the daemon's chunks relayed as they came, the relay adding the last
+  chunk) frames the same responses, refuses the same, ends at the same place, and
+  its bytes are the body: the encoded chunks decode to it, a plain body is itself.
 
 A 101 switch ends the comparison (the bytes after it are not HTTP), and so does a
 response the reader refuses: it may be stricter than h11, never looser.
@@ -39,9 +42,9 @@ class Framed:
     error: UpstreamError | None
 
 
-def frame(data: bytes, method: str, step: int | None) -> Framed:
+def frame(data: bytes, method: str, step: int | None, passthrough: bool = False) -> Framed:
     reader = http1.ResponseReader()
-    reader.expect(method)
+    reader.expect(method, passthrough)
     heads: list[http1.ResponseHead] = []
     body = bytearray()
     ended = False
@@ -143,6 +146,7 @@ def check(data: bytes) -> None:
     assert [(h.status, h.headers) for h in whole.heads] == \
         [(h.status, h.headers) for h in split.heads], "split changes the heads"
     assert (whole.body, whole.ended) == (split.body, split.ended), "split changes the body"
+    check_passthrough(data, method, step, whole)
     final = [h for h in whole.heads if not 100 <= h.status < 200]
     if any(h.status == 101 for h in whole.heads) or not final or not whole.ended:
         return
@@ -161,6 +165,27 @@ def check(data: bytes) -> None:
         "the relayed response differs"
     assert end_to_end(again.headers) == lower_fields(head.end_to_end), \
         "relayed header fields differ"
+
+
+def check_passthrough(data: bytes, method: str, step: int | None, whole: Framed) -> None:
+    """Relaying the daemon's own chunks frames exactly what decoding them does."""
+    passed = frame(data, method, step, passthrough=True)
+    assert passed.error is None, f"passthrough refuses what decoding accepts: {passed.error}"
+    assert [(h.status, h.headers) for h in passed.heads] == \
+        [(h.status, h.headers) for h in whole.heads], "passthrough changes the heads"
+    assert passed.ended == whole.ended, "passthrough ends elsewhere"
+    final = [h for h in whole.heads if not 100 <= h.status < 200]
+    if not final or not final[0].chunked or final[0].status == 101:
+        assert passed.body == whole.body, "passthrough changes a body that is not chunked"
+        return
+    if not whole.ended:
+        return
+    # What the client gets: the chunks as they came, then the relay's own last chunk.
+    relayed_chunks = frame(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           + passed.body + http1.LAST_CHUNK, "GET", None)
+    assert relayed_chunks.error is None, "the relayed chunks do not frame"
+    assert relayed_chunks.ended, "the relayed chunks do not end"
+    assert relayed_chunks.body == whole.body, "the relayed chunks decode to another body"
 
 
 def main() -> None:

@@ -274,22 +274,59 @@ class _ChunkedDecoder:
         return line
 
     def _next_size(self, buf: bytes, pos: int) -> tuple[Data | EndOfMessage | None, int]:
+        after = self._size_line(buf, pos)
+        if after is None:
+            return None, pos
+        if self._state == "trailer":
+            return self._trailer(buf, after)
+        return self.step(buf, after)
+
+    def _size_line(self, buf: bytes, pos: int) -> int | None:
+        """Read the chunk size line at ``pos``: the position after it, None if incomplete."""
         line = self._line(buf, pos, _MAX_CHUNK_LINE)
         if line is None:
-            return None, pos
+            return None
         match = _CHUNK_SIZE.fullmatch(line)
         if match is None:
             raise self._error(f"invalid chunked body: bad chunk size line {line[:40]!r}")
         size = int(match.group(1), 16)
         if size == 0:
             self.last_chunk_at = pos
-        pos += len(line) + 2
-        if size == 0:
             self._state = "trailer"
-            return self._trailer(buf, pos)
-        self._state = "data"
-        self._remaining = size
-        return self.step(buf, pos)
+        else:
+            self._state = "data"
+            self._remaining = size
+        return pos + len(line) + 2
+
+    def skip(self, buf: bytes, pos: int) -> tuple[bool, int]:
+        """Frame as much of ``buf[pos:]`` as is there, without an event per piece (a
+        relay passing the encoded bytes on needs only where they end): (ended, pos)."""
+        while True:
+            state = self._state
+            if state == "data":
+                take = min(self._remaining, len(buf) - pos)
+                pos += take
+                self._remaining -= take
+                if self._remaining:
+                    return False, pos
+                self._state = "data-crlf"
+            elif state == "data-crlf":
+                if len(buf) - pos < 2:
+                    return False, pos
+                if buf[pos:pos + 2] != b"\r\n":
+                    raise self._error("invalid chunked body: chunk data not followed by CRLF")
+                self._state = "size"
+                pos += 2
+            elif state == "size":
+                after = self._size_line(buf, pos)
+                if after is None:
+                    return False, pos
+                pos = after
+            elif state == "trailer":
+                event, pos = self._trailer(buf, pos)
+                return event is not None, pos
+            else:
+                return True, pos
 
     def _trailer(self, buf: bytes, pos: int) -> tuple[Data | EndOfMessage | None, int]:
         # Trailer fields are read (bounded) and dropped: Docker uses none, and
@@ -634,17 +671,23 @@ class ResponseReader:
             elif state == "chunked":
                 decoder = self._chunked
                 assert decoder is not None
-                start = pos
-                trailer = decoder.in_trailer
-                event, pos = decoder.step(buf, pos)
                 if self._passthrough:
-                    # The encoded bytes this step consumed, up to the last chunk.
+                    # The encoded bytes, up to the last chunk (the relay ends the body
+                    # with its own last chunk: trailers are dropped).
+                    start = pos
+                    trailer = decoder.in_trailer
+                    ended, pos = decoder.skip(buf, pos)
                     end = start if trailer else decoder.last_chunk_at if \
                         decoder.in_trailer else pos
                     if end > start:
-                        events.append(Data(memoryview(buf)[start:end]))
-                    if event is not None and not isinstance(event, EndOfMessage):
-                        continue
+                        events.append(Data(buf if start == 0 and end == len(buf)
+                                           else memoryview(buf)[start:end]))
+                    if not ended:
+                        break
+                    events.append(END)
+                    self._state = "idle"
+                    continue
+                event, pos = decoder.step(buf, pos)
                 if event is None:
                     break
                 events.append(event)
