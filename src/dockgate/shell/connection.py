@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -533,27 +534,10 @@ class ClientConnection(asyncio.Protocol):
             for _ in range(MAX_DECIDE_ROUNDS):
                 if not isinstance(decision, NeedFacts):
                     break
-                upstream = self.proxy.upstream
-                containers = dict(facts.containers)
-                for ref in decision.containers:
-                    if ref not in containers:
-                        containers[ref] = await upstream.container_facts(ref)
-                execs = dict(facts.execs)
-                for ref in decision.execs:
-                    if ref not in execs:
-                        execs[ref] = await upstream.exec_facts(ref)
-                volumes = dict(facts.volumes)
-                for ref in decision.volumes:
-                    if ref not in volumes:
-                        volumes[ref] = await upstream.volume_facts(ref)
-                networks = dict(facts.networks)
-                for ref in decision.networks:
-                    if ref not in networks:
-                        networks[ref] = await upstream.network_facts(ref)
+                facts = await self.proxy.upstream.fetch_facts(decision, facts)
                 if decision.body and body is None:
                     body = await self._read_whole_body(head)
-                facts = Facts(containers=containers, body=body, execs=execs, volumes=volumes,
-                              networks=networks)
+                    facts = dataclasses.replace(facts, body=body)
                 decision = self._decide(decider, request, facts)
             else:
                 decision = Deny(f"dockgate: {head.method} {request.target.api_path} denied "

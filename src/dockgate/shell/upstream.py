@@ -29,6 +29,8 @@ from dockgate import http1
 from dockgate.decision import (
     ContainerFacts,
     ExecFacts,
+    Facts,
+    NeedFacts,
     NetworkFacts,
     VolumeFacts,
     exec_facts,
@@ -375,6 +377,20 @@ class Upstream:
         """A network's full ID, name and labels; None when unknown or an ambiguous prefix."""
         status, data = await self.get_json(f"/networks/{quote(ref, safe='')}")
         return network_facts(ref, status, data)
+
+    async def fetch_facts(self, need: NeedFacts, facts: Facts) -> Facts:
+        """``facts`` and what ``need`` asks of the daemon that they lack (the body is
+        not the daemon's: the caller reads it)."""
+        kinds: dict[str, Any] = {}
+        for kind, fetch in (("containers", self.container_facts), ("execs", self.exec_facts),
+                            ("volumes", self.volume_facts),
+                            ("networks", self.network_facts)):
+            known = dict(getattr(facts, kind))
+            for ref in getattr(need, kind):
+                if ref not in known:
+                    known[ref] = await fetch(ref)
+            kinds[kind] = known
+        return Facts(body=facts.body, **kinds)
 
 
 class _Collector:
