@@ -32,6 +32,19 @@ CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 GLOB_CHARS = frozenset("*?[")
 
 
+def describe_scope(names: frozenset[str], globs: tuple[str, ...],
+                   labels: tuple[tuple[str, str], ...]) -> list[str]:
+    """The parts of a scope's human form: ``name gw``, ``name matching gw-*``, ``labels a=b``."""
+    parts = []
+    if names:
+        parts.append("name " + " or ".join(sorted(names)))
+    if globs:
+        parts.append("name matching " + " or ".join(globs))
+    if labels:
+        parts.append("labels " + ", ".join(f"{k}={v}" for k, v in labels))
+    return parts
+
+
 @dataclass(frozen=True)
 class ContainerScope:
     """Containers a grant covers: any exact name, any glob, or all the labels."""
@@ -51,14 +64,7 @@ class ContainerScope:
 
     def describe(self) -> str:
         """Human form for reports: ``name gw or labels a=b``."""
-        parts = []
-        if self.names:
-            parts.append("name " + " or ".join(sorted(self.names)))
-        if self.globs:
-            parts.append("name matching " + " or ".join(self.globs))
-        if self.labels:
-            parts.append("labels " + ", ".join(f"{k}={v}" for k, v in self.labels))
-        return " or ".join(parts)
+        return " or ".join(describe_scope(self.names, self.globs, self.labels))
 
 
 def primary_name(names: object) -> str | None:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from urllib.parse import quote, unquote_plus
 
 from dockgate import bodies
+from dockgate.policy_match import describe_scope
 
 # Set by dockgate on every volume.create it forwards for a policy: the policy's name.
 OWNER_LABEL = "dockgate.policy"
@@ -64,13 +65,7 @@ class VolumeScope:
 
     def describe(self) -> str:
         """Human form for denials: ``name cache or own volumes``."""
-        parts = []
-        if self.names:
-            parts.append("name " + " or ".join(sorted(self.names)))
-        if self.globs:
-            parts.append("name matching " + " or ".join(self.globs))
-        if self.labels:
-            parts.append("labels " + ", ".join(f"{k}={v}" for k, v in self.labels))
+        parts = describe_scope(self.names, self.globs, self.labels)
         if self.own:
             parts.append("volumes created through this policy")
         return " or ".join(parts)

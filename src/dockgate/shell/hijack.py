@@ -18,21 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from dockgate.shell.upstream import UpstreamConnection
-
-
-def half_close(transport: asyncio.Transport) -> None:
-    """Send EOF on ``transport`` if it can (TLS cannot: it is closed instead)."""
-    if transport.is_closing():
-        return
-    try:
-        if transport.can_write_eof():
-            transport.write_eof()
-        else:
-            transport.close()
-    except (RuntimeError, OSError):
-        # uvloop raises RuntimeError from write_eof on a closing transport.
-        transport.close()
+from dockgate.shell.upstream import UpstreamConnection, half_close
 
 
 class Session:

@@ -45,6 +45,20 @@ MAX_IDLE = 256          # idle keep-alive connections kept; dockerd serves each 
 MAX_FACTS_BYTES = 8 * 1024 * 1024  # a container inspect is a few KiB; bound it anyway
 
 
+def half_close(transport: asyncio.Transport) -> None:
+    """Send EOF on ``transport`` if it can (TLS cannot: it is closed instead)."""
+    if transport.is_closing():
+        return
+    try:
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+    except (RuntimeError, OSError):
+        # uvloop raises RuntimeError from write_eof on a closing transport.
+        transport.close()
+
+
 class ResponseSink(Protocol):
     """Receives the events of one response (relay.Exchange, or the facts fetcher)."""
 
@@ -189,17 +203,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = None
 
     def write_eof(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        try:
-            if transport.can_write_eof():
-                transport.write_eof()
-            else:
-                transport.close()
-        except (RuntimeError, OSError):
-            # uvloop raises RuntimeError from write_eof on a transport already closing.
-            transport.close()
+        if self.transport is not None:
+            half_close(self.transport)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed and not self._read_paused:
