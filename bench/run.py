@@ -112,6 +112,7 @@ class Load:
     p99_ms: float
     errors: str
     cpu_us_per_request: float
+    kernel_us_per_request: float  # the system (kernel) part of cpu_us_per_request
 
 
 @dataclass
@@ -187,6 +188,17 @@ def started(command: list[str], env: dict[str, str], port: int, log: Path
             process.wait()
 
 
+def dockgate_command(args: argparse.Namespace, port: int, upstream: str,
+                     *extra: str) -> list[str]:
+    """``dockgate serve`` in Tecnativa mode on ``port``; with ``--metrics`` its admin
+    listener too, which turns the Prometheus metrics on."""
+    command = [sys.executable, "-m", "dockgate", "serve", "--listen", f"tcp://127.0.0.1:{port}",
+               "--upstream", f"unix://{upstream}", "--workers", str(args.workers), *extra]
+    if args.metrics:
+        command += ["--admin-listen", f"127.0.0.1:{free_port()}"]
+    return command
+
+
 def proxy_env(extra: dict[str, str]) -> dict[str, str]:
     """A clean environment with Tecnativa's defaults and CONTAINERS=1, as in production."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
@@ -213,10 +225,10 @@ _LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` and all its descendants, in seconds."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of ``pid`` and all its descendants, in seconds."""
     parents: dict[int, int] = {}
-    times: dict[int, int] = {}
+    times: dict[int, tuple[int, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -227,7 +239,7 @@ def cpu_seconds(pid: int) -> float:
         fields = stat[stat.rindex(")") + 2:].split()
         # After "pid (comm) ": state ppid ... utime (14th field of the line) stime (15th).
         parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = int(fields[11]) + int(fields[12])
+        times[int(entry.name)] = (int(fields[11]), int(fields[12]))
     tree = {pid}
     grew = True
     while grew:
@@ -236,7 +248,9 @@ def cpu_seconds(pid: int) -> float:
             if parent in tree and child not in tree:
                 tree.add(child)
                 grew = True
-    return sum(times.get(member, 0) for member in tree) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(times.get(member, (0, 0))[0] for member in tree) / tick,
+            sum(times.get(member, (0, 0))[1] for member in tree) / tick)
 
 
 def wrk(target: str, port: int, path: str, connections: int, duration: int,
@@ -247,7 +261,8 @@ def wrk(target: str, port: int, path: str, connections: int, duration: int,
                            f"{duration}s", "--latency", f"http://127.0.0.1:{port}{path}"],
                           capture_output=True, text=True, check=True,
                           timeout=duration + 30)
-    cpu = cpu_seconds(pid) - cpu_before
+    cpu_after = cpu_seconds(pid)
+    user, kernel = (cpu_after[0] - cpu_before[0]), (cpu_after[1] - cpu_before[1])
     rate = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
     total = re.search(r"(\d+) requests in", done.stdout)
     latencies = {p: float(v) * _UNIT_MS[u] for p, v, u in _LATENCY.findall(done.stdout)}
@@ -255,8 +270,10 @@ def wrk(target: str, port: int, path: str, connections: int, duration: int,
         raise SystemExit(f"cannot read wrk's output:\n{done.stdout}{done.stderr}")
     errors = " ".join(line.strip() for line in done.stdout.splitlines()
                       if "Non-2xx" in line or "Socket errors" in line)
+    requests = max(1, int(total.group(1)))
     return Load(target, path, connections, float(rate.group(1)), latencies["50"],
-                latencies["99"], errors, cpu * 1e6 / max(1, int(total.group(1))))
+                latencies["99"], errors, (user + kernel) * 1e6 / requests,
+                kernel * 1e6 / requests)
 
 
 def stream(target: str, port: int) -> Stream:
@@ -298,8 +315,9 @@ def table(loads: list[Load]) -> list[str]:
     by_key = {(load.target, load.path, load.connections): load for load in loads}
     lines = ["| path | conns | direct req/s | HAProxy req/s | dockgate req/s | dockgate/HAProxy "
              "| dockgate/direct | CPU us/req (direct/HAProxy/dockgate) | dockgate/HAProxy "
-             "CPU | p50 ms (direct/HAProxy/dockgate) | p99 ms (direct/HAProxy/dockgate) |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|"]
+             "CPU | of which kernel us/req (HAProxy/dockgate) | p50 ms (direct/HAProxy/dockgate) "
+             "| p99 ms (direct/HAProxy/dockgate) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|"]
     for path, connections in sorted({(load.path, load.connections) for load in loads}):
         row = [by_key[(target, path, connections)] for target in TARGETS]
         direct, haproxy, dockgate = row
@@ -310,6 +328,7 @@ def table(loads: list[Load]) -> list[str]:
             f"{ratio(dockgate.requests_per_s, direct.requests_per_s):.2f}x | "
             f"{' / '.join(f'{load.cpu_us_per_request:.1f}' for load in row)} | "
             f"{ratio(dockgate.cpu_us_per_request, haproxy.cpu_us_per_request):.2f}x | "
+            f"{haproxy.kernel_us_per_request:.1f} / {dockgate.kernel_us_per_request:.1f} | "
             f"{' / '.join(f'{load.p50_ms:.2f}' for load in row)} | "
             f"{' / '.join(f'{load.p99_ms:.2f}' for load in row)} |")
     return lines
@@ -433,9 +452,7 @@ def daemon_section(socket_path: str, work: Path, env: dict[str, str],
                                                                   socket=socket_path))
     haproxy_env = {**env, "DG_HAPROXY_BIND": f"127.0.0.1:{ports['haproxy']}",
                    "DG_HAPROXY_UPSTREAM": socket_path, "DG_HAPROXY_LOG_LEVEL": args.log_level}
-    dockgate = [sys.executable, "-m", "dockgate", "serve", "--listen",
-                f"tcp://127.0.0.1:{ports['dockgate']}", "--upstream", f"unix://{socket_path}",
-                "--workers", str(args.workers)]
+    dockgate = dockgate_command(args, ports["dockgate"], socket_path)
     with (bench_containers(socket_path) as first,
           started(["haproxy", "-db", "-f", str(work / "direct-tcp.cfg")], env, ports["direct"],
                   work / "direct-tcp.log") as direct,
@@ -495,11 +512,9 @@ def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str,
                  "daemon off;"]
 
         def dockgate(target: str) -> list[str]:
-            command = [sys.executable, "-m", "dockgate", "serve", "--listen",
-                       f"tcp://127.0.0.1:{ports[target]}", "--upstream",
-                       f"unix://{work / 'upstream.sock'}", "--workers", str(args.workers)]
-            return command + (["--learn", str(work / "learn.jsonl")]
-                              if target == "learn-on" else [])
+            return dockgate_command(args, ports[target], str(work / "upstream.sock"),
+                                    *(["--learn", str(work / "learn.jsonl")]
+                                      if target == "learn-on" else []))
 
         with (started(nginx, env, ports["direct"], work / "nginx.log"),
               started(dockgate("learn-off"), env, ports["learn-off"], work / "off.log") as off,
@@ -555,6 +570,10 @@ def main(argv: list[str] | None = None) -> int:
                         "skipped when unset)")
     parser.add_argument("--sections", default="fast,daemon,stream",
                         help="comma-separated: fast (nginx upstream), daemon, stream")
+    parser.add_argument("--metrics", action="store_true",
+                        help="dockgate with its admin listener, so that every request is "
+                        "also counted in the Prometheus metrics (off in a Tecnativa drop-in, "
+                        "as there)")
     parser.add_argument("--learn", action="store_true",
                         help="measure the learn recorder instead: dockgate with and without "
                         "--learn, interleaved")
@@ -595,9 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         haproxy_env = {**env, "DG_HAPROXY_BIND": f"127.0.0.1:{ports['haproxy']}",
                        "DG_HAPROXY_UPSTREAM": str(upstream),
                        "DG_HAPROXY_LOG_LEVEL": args.log_level}
-        dockgate = [sys.executable, "-m", "dockgate", "serve", "--listen",
-                    f"tcp://127.0.0.1:{ports['dockgate']}", "--upstream", f"unix://{upstream}",
-                    "--workers", str(args.workers)]
+        dockgate = dockgate_command(args, ports["dockgate"], str(upstream))
         if sections & {"fast", "stream"}:
             with (started(nginx, env, ports["direct"], work / "nginx.log") as nginx_process,
                   started(haproxy, haproxy_env, ports["haproxy"],
@@ -634,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
     markdown = [f"# dockgate benchmark {stamp}", "",
                 f"`{command.strip()}` on {info['nproc']} CPUs ({info['cpu']}), Linux "
                 f"{info['kernel']}, Python {info['python']}; {info['haproxy']}; "
-                f"{info['nginx']}; dockgate --workers {args.workers}; "
+                f"{info['nginx']}; dockgate --workers {args.workers}"
+                f"{' with metrics (--admin-listen)' if args.metrics else ''}; "
                 f"LOG_LEVEL={args.log_level} for both proxies; load average "
                 f"{info['loadavg_at_start']} at start.", "", *lines]
     for name in (f"bench-{stamp}", "latest"):

@@ -78,6 +78,11 @@ def test_listen_may_be_repeated_or_comma_separated() -> None:
     ({"DOCKGATE_SOCKET_MODE": "999"}, "DOCKGATE_SOCKET_MODE='999' is invalid"),
     ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL='verbose' is invalid: must be one of debug"),
     ({"DOCKGATE_COMPAT": "haproxy"}, "DOCKGATE_COMPAT='haproxy' is invalid"),
+    ({"DOCKGATE_ADMIN_LISTEN": "tcp://127.0.0.1:9102"},
+     "DOCKGATE_ADMIN_LISTEN='tcp://127.0.0.1:9102' is invalid: must be HOST:PORT, e.g. "
+     "127.0.0.1:9102 (no tcp:// in front)"),
+    ({"DOCKGATE_METRICS_LISTEN": "9102"}, "DOCKGATE_METRICS_LISTEN='9102' is invalid: must be "
+     "HOST:PORT"),
 ])
 def test_a_bad_value_is_an_error_naming_the_variable_and_the_value(
         env: dict[str, str], expected: str) -> None:
@@ -85,6 +90,12 @@ def test_a_bad_value_is_an_error_naming_the_variable_and_the_value(
     with pytest.raises(ConfigError) as caught:
         parse([], env)
     assert str(caught.value).startswith(expected)
+
+
+def test_an_admin_listener_set_empty_is_off() -> None:
+    """The image's healthcheck sets DOCKGATE_ADMIN_LISTEN= to turn the listener off."""
+    assert parse([], {"DOCKGATE_ADMIN_LISTEN": ""}).admin_listen == ""
+    assert parse(["--admin-listen", "[::1]:9102"]).admin_listen == "[::1]:9102"
 
 
 def test_a_tls_listener_without_a_certificate_is_refused() -> None:

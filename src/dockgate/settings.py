@@ -39,6 +39,15 @@ def _text(value: str) -> str:
     return value
 
 
+def _host_port(value: str) -> str:
+    if not value:
+        return value  # set empty: off, as unset (the image's healthcheck relies on it)
+    host, colon, port = value.rpartition(":")
+    if "://" in value or not colon or not host or not port.isdigit():
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9102 (no tcp:// in front)")
+    return value
+
+
 def _positive_float(value: str) -> float:
     problem = "must be a finite number greater than 0"
     try:
@@ -209,10 +218,10 @@ TABLE: tuple[Setting, ...] = (
     Setting("workers", "DOCKGATE_WORKERS", "--workers", _positive_int, 1,
             "processes sharing the listeners (one per CPU core serves the most small "
             "requests)", "N"),
-    Setting("metrics_listen", "DOCKGATE_METRICS_LISTEN", "--metrics-listen", _text, None,
+    Setting("metrics_listen", "DOCKGATE_METRICS_LISTEN", "--metrics-listen", _host_port, None,
             "HOST:PORT serving only /metrics (Prometheus; off when unset); --admin-listen "
             "serves /metrics too", "HOST:PORT"),
-    Setting("admin_listen", "DOCKGATE_ADMIN_LISTEN", "--admin-listen", _text, None,
+    Setting("admin_listen", "DOCKGATE_ADMIN_LISTEN", "--admin-listen", _host_port, None,
             "HOST:PORT of the admin listener, outside every policy: /healthz (alive), "
             "/readyz (the daemon answers /_ping), /metrics (off when unset)", "HOST:PORT"),
     Setting("admin_live", "DOCKGATE_ADMIN_LIVE", "--admin-live", _strict_bool, False,
