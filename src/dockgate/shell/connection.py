@@ -60,7 +60,7 @@ from dockgate.settings import Settings
 from dockgate.shell import audit
 from dockgate.shell.forward import CONTINUE, ClientGoneError, Flight, upstream_head
 from dockgate.shell.hijack import Session
-from dockgate.shell.listeners import Listener, client_for
+from dockgate.shell.listeners import Identifier, Listener, client_for
 from dockgate.shell.relay import Outcome
 from dockgate.shell.upstream import RawPeer, Upstream, UpstreamConnection
 
@@ -112,8 +112,11 @@ class Host(Protocol):
     upstream: Upstream
     shutting_down: bool
     recorder: learnlog.Observer | None
-
     connections: set[ClientConnection]
+
+    @property
+    def directory(self) -> Identifier | None:
+        """Which container a client is, while some clients: rule names containers."""
 
     def check_quiet(self) -> None:
         """During shutdown: note when no plain request is in flight any more."""
@@ -170,14 +173,17 @@ class ClientConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=1 << 20, low=1 << 18)
-        self.client = client_for(self.listener, transport)
-        self.tag = audit.connection_prefix(self.listener.url, self.client.describe())
+        self._identify(transport)
         if len(self.proxy.connections) >= self.settings.max_connections:
             self._refuse_overloaded(transport)
             return
         self.proxy.connections.add(self)
         metrics.ACTIVE_CONNECTIONS.inc()
         self._advance()
+
+    def _identify(self, transport: asyncio.BaseTransport) -> None:
+        self.client = client_for(self.listener, transport, self.proxy.directory)
+        self.tag = audit.connection_prefix(self.listener.url, self.client.describe())
 
     def _refuse_overloaded(self, transport: asyncio.Transport) -> None:
         """Past --max-connections: a 503 at once, a gentle close, and no task spent on it.
@@ -498,6 +504,10 @@ class ClientConnection(asyncio.Protocol):
         self.busy = self.busy_plain = True
         self.bytes_in = head.size
         self.bytes_out = 0
+        if self.client.unidentified is not None and self.transport is not None:
+            # Accepted while the container directory could not tell (not in sync yet,
+            # a container changing): ask again, in memory, before each request.
+            self._identify(self.transport)
         agent = head.get(b"user-agent")
         self._record = record = audit.RequestRecord(
             head.method, head.target, agent.decode("latin-1") if agent is not None else None)
