@@ -230,3 +230,17 @@ def test_addresses_are_compared_in_one_spelling() -> None:
     assert normalize_address("::ffff:172.20.0.5") == "172.20.0.5"
     assert normalize_address("fe80::1%eth0") == "fe80::1"
     assert normalize_address("") is None
+
+
+@pytest.mark.parametrize(("spec", "chosen"), [
+    ("service=pocketbase,project=x", "restarter"),
+    ("172.20.0.5,service=pocketbase,project=x", "restarter"),
+    ("uid=0,service=pocketbase,project=x,container=x-pocketbase-1", "restarter"),
+    ("172.20.0.5,service=pocketbase", "pinger"),
+    ("172.20.0.5", "pinger"),
+])
+def test_check_explains_a_decision_for_a_client_assumed_to_be_a_container(
+        spec: str, chosen: str) -> None:
+    """dockgate check --client service=NAME shows which rule a container's client gets."""
+    report, _ = policy.explain(compile_(POLICY), "POST", "/_ping", client=spec)
+    assert f"policy:    {chosen}" in report

@@ -159,6 +159,7 @@ class ContainerDirectory:
         self._task: asyncio.Task[None] | None = None
         self._stream: UpstreamConnection | None = None
         self._sink: _EventStream | None = None
+        self._reached = False   # this attempt got in sync
 
     # lookups: in memory, from the connection's accept callback ---------------------------
 
@@ -209,14 +210,19 @@ class ContainerDirectory:
         self._lose()
 
     async def _run(self) -> None:
+        quiet = False   # a retry that fails again before any sync warns at debug level only
         while True:
+            self._reached = False
             try:
                 await self._follow()
             except UpstreamError as error:
-                log.warning("container directory: %s; clients named by container get no "
-                            "policy until it is back in sync", error.message)
+                log.log(logging.DEBUG if quiet and not self._reached else logging.WARNING,
+                        "container directory: %s; clients named by container get no policy "
+                        "until it is back in sync (retrying every %ss)", error.message,
+                        RETRY_SECONDS)
             except Exception:
                 log.exception("container directory: internal error; listing again")
+            quiet = not self._reached
             self._lose()
             await asyncio.sleep(RETRY_SECONDS)
 
@@ -237,7 +243,9 @@ class ContainerDirectory:
         self._entries = {entry.facts.id: entry for entry in
                          (entry_of(item) for item in items if isinstance(item, dict))}
         self._reindex()
-        self.synced = not stream.done
+        if stream.done:
+            raise UpstreamError(stream.ended)
+        self.synced = self._reached = True
         log.info("container directory in sync: %d running containers", len(self._entries))
         while True:
             ident = await self._queue.get()
