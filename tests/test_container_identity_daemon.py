@@ -215,11 +215,12 @@ def peer(address: str) -> Client:
     return Client("tcp://0.0.0.0:2375", "tcp", address=address, port=40000)
 
 
-def run_directory(scenario: Callable[[ContainerDirectory], Awaitable[None]]) -> None:
+def run_directory(scenario: Callable[[ContainerDirectory], Awaitable[None]],
+                  proc: str = "/proc") -> None:
     """Run a directory on the real daemon in an event loop, with ``scenario`` beside it."""
     async def main() -> None:
         upstream = Upstream(f"unix://{DOCKER_SOCKET}", 10.0)
-        directory = ContainerDirectory(upstream)
+        directory = ContainerDirectory(upstream, proc)
         directory.start()
         try:
             await until(lambda: directory.synced)
@@ -322,3 +323,59 @@ def test_nothing_resolves_while_the_event_stream_is_cut(
             assert directory.identify(peer(address)).container is not None
 
         run_directory(scenario)
+
+
+def test_a_docker_exec_process_is_a_process_of_its_container(
+        docker_client: docker.DockerClient, busybox_image: str) -> None:
+    """A unix client started with docker exec is identified as the container it runs in."""
+    pocketbase = labelled(docker_client, busybox_image, "exec", {
+        "com.docker.compose.service": "pocketbase"})
+    try:
+        exec_id = docker_client.api.exec_create(pocketbase.id, ["sleep", "30"])["Id"]
+        docker_client.api.exec_start(exec_id, detach=True)
+        pid = 0
+        for _ in range(100):
+            pid = docker_client.api.exec_inspect(exec_id)["Pid"]
+            if pid:
+                break
+            time.sleep(0.05)
+        assert pid != pocketbase.attrs["State"]["Pid"]
+
+        async def scenario(directory: ContainerDirectory) -> None:
+            client = Client("unix:///run/dg.sock", "unix", uid=0, gid=0, pid=pid)
+            found = directory.identify(client)
+            assert found.container is not None
+            assert found.container.id == pocketbase.id
+            assert found.container.labels["com.docker.compose.service"] == "pocketbase"
+
+        run_directory(scenario)
+    finally:
+        discard(pocketbase)
+
+
+def test_a_process_cgroup_naming_no_or_an_unknown_container_is_told_apart(
+        docker_client: docker.DockerClient, busybox_image: str, tmp_path: Path) -> None:
+    """No container ID: not a container; an ID the daemon does not run: unidentified."""
+    known = labelled(docker_client, busybox_image, "known", {})
+    cgroups = {1: f"0::/docker/{known.id}\n", 2: "0::/user.slice/session-1.scope\n",
+               3: f"0::/system.slice/docker-{'c3' * 32}.scope\n"}
+    for pid, text in cgroups.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cgroup").write_text(text)
+
+    def unix(pid: int) -> Client:
+        return Client("unix:///run/dg.sock", "unix", uid=0, gid=0, pid=pid)
+
+    async def scenario(directory: ContainerDirectory) -> None:
+        found = directory.identify(unix(1))
+        assert found.container is not None
+        assert found.container.id == known.id
+        assert directory.identify(unix(2)) == unix(2)
+        assert directory.identify(unix(3)).unidentified == containers.UNKNOWN_CGROUP
+        assert directory.identify(unix(4)).unidentified == containers.GONE
+        assert directory.identify(unix(0)).unidentified == containers.HIDDEN
+
+    try:
+        run_directory(scenario, proc=str(tmp_path))
+    finally:
+        discard(known)
