@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -33,19 +34,19 @@ from dockgate.shell.upstream import Upstream
 
 pytestmark = pytest.mark.daemon
 
-# A client that joins the cgroups given as arguments, then asks dockgate's unix
-# socket to restart a container; it prints the status and the answer.
+# A client that joins the cgroups given as arguments, then sends one request to
+# dockgate's unix socket; it prints the status and the answer.
 CLIENT = textwrap.dedent("""\
     import http.client, os, socket, sys
-    sock_path, target, *procs = sys.argv[1:]
+    method, sock_path, target, *procs = sys.argv[1:]
     for procs_file in procs:
         with open(procs_file, "w") as handle:
             handle.write(str(os.getpid()))
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(sock_path)
-    sock.sendall(f"POST {target} HTTP/1.1\\r\\nHost: docker\\r\\nContent-Length: 0\\r\\n"
+    sock.sendall(f"{method} {target} HTTP/1.1\\r\\nHost: docker\\r\\nContent-Length: 0\\r\\n"
                  "Connection: close\\r\\n\\r\\n".encode())
-    response = http.client.HTTPResponse(sock, method="POST")
+    response = http.client.HTTPResponse(sock, method=method)
     response.begin()
     print(response.status, response.read().decode())
     """)
@@ -74,10 +75,11 @@ def cgroup_procs_files(pid: int) -> list[str]:
     return files
 
 
-def call_from(cgroups_of: int | None, sock: Path, target: str) -> tuple[int, str]:
+def call_from(cgroups_of: int | None, sock: Path, target: str,
+              method: str = "POST") -> tuple[int, str]:
     """Run the client, in the cgroups of process ``cgroups_of`` (None: where the test runs)."""
     procs = cgroup_procs_files(cgroups_of) if cgroups_of is not None else []
-    result = subprocess.run([sys.executable, "-c", CLIENT, str(sock), target, *procs],
+    result = subprocess.run([sys.executable, "-c", CLIENT, method, str(sock), target, *procs],
                             capture_output=True, text=True, timeout=60, check=True)
     status, _, body = result.stdout.partition(" ")
     return int(status), body
@@ -93,8 +95,10 @@ def wait_for_log(proxy: Any, text: str, timeout: float = 30.0) -> None:
 def labelled(docker_client: docker.DockerClient, image: str, stem: str,
              labels: dict[str, str], **options: Any) -> Any:
     options.setdefault("network_mode", "none")
-    return docker_client.containers.run(image, ["sleep", "600"], detach=True,
-                                        name=unique_name(stem), labels=labels, **options)
+    container = docker_client.containers.run(image, ["sleep", "600"], detach=True,
+                                             name=unique_name(stem), labels=labels, **options)
+    container.reload()  # run's answer may predate the start: State.Pid 0
+    return container
 
 
 @pytest.fixture
@@ -139,8 +143,6 @@ def test_a_compose_service_rule_applies_to_a_process_of_that_services_container(
         proxy = start_dockgate(args=["--policy", str(policy), "--listen", f"unix://{sock}"])
         wait_for_log(proxy, "container directory in sync")
         restart = f"/containers/{target.name}/restart?t=0"
-        pocketbase.reload()
-        web.reload()
         started = target.attrs["State"]["StartedAt"]
 
         status, body = call_from(pocketbase.attrs["State"]["Pid"], sock, restart)
@@ -165,6 +167,32 @@ def test_a_compose_service_rule_applies_to_a_process_of_that_services_container(
     finally:
         for container in made:
             discard(container)
+
+
+def test_a_reload_that_adds_a_container_rule_starts_following_containers(
+        docker_client: docker.DockerClient, busybox_image: str, start_dockgate: StartDockgate,
+        sockdir: Path, tmp_path: Path, project: str) -> None:
+    """SIGHUP with a first container rule starts the directory; the rule applies at once."""
+    pocketbase = labelled(docker_client, busybox_image, "pb", {
+        "com.docker.compose.service": "pocketbase", "com.docker.compose.project": project})
+    try:
+        policy = tmp_path / "policy.yaml"
+        before = "policies:\n  pinger: {grants: [{allow: [system.ping]}]}\n"
+        policy.write_text(before + "clients:\n  - {uid: 12345, policy: pinger}\n")
+        sock = sockdir / "dg.sock"
+        proxy = start_dockgate(args=["--policy", str(policy), "--listen", f"unix://{sock}"])
+        pid = pocketbase.attrs["State"]["Pid"]
+        assert call_from(pid, sock, "/_ping", "GET")[0] == 403
+        assert "container directory" not in proxy.log()  # no rule names a container yet
+        policy.write_text(before + f"clients:\n  - {{compose_project: {project}, "
+                          "policy: pinger}\n")
+        proxy.process.send_signal(signal.SIGHUP)
+        wait_for_log(proxy, "container directory in sync")
+        status, body = call_from(pid, sock, "/_ping", "GET")
+        assert status == 200, body
+        assert call_from(None, sock, "/_ping", "GET")[0] == 403
+    finally:
+        discard(pocketbase)
 
 
 def test_a_tcp_client_that_is_no_container_is_refused_by_a_container_only_policy(

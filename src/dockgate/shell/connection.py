@@ -132,6 +132,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client = Client(listener.url, "tcp")
         self.tag = ""                                      # the audit fields of the connection
+        self._identified_by: Identifier | None = None      # the directory that identified it
         self.reader = http1.RequestReader(proxy.settings.max_header_bytes)
         self.upstream: UpstreamConnection | None = None   # the daemon side of the exchange
         self.session: Session | None = None               # set once hijacked
@@ -182,7 +183,8 @@ class ClientConnection(asyncio.Protocol):
         self._advance()
 
     def _identify(self, transport: asyncio.BaseTransport) -> None:
-        self.client = client_for(self.listener, transport, self.proxy.directory)
+        self._identified_by = self.proxy.directory
+        self.client = client_for(self.listener, transport, self._identified_by)
         self.tag = audit.connection_prefix(self.listener.url, self.client.describe())
 
     def _refuse_overloaded(self, transport: asyncio.Transport) -> None:
@@ -504,9 +506,11 @@ class ClientConnection(asyncio.Protocol):
         self.busy = self.busy_plain = True
         self.bytes_in = head.size
         self.bytes_out = 0
-        if self.client.unidentified is not None and self.transport is not None:
+        if (self.client.unidentified is not None or self.proxy.directory
+                is not self._identified_by) and self.transport is not None:
             # Accepted while the container directory could not tell (not in sync yet,
-            # a container changing): ask again, in memory, before each request.
+            # a container changing), or before a reload started or stopped it: ask
+            # again, in memory, before each request.
             self._identify(self.transport)
         agent = head.get(b"user-agent")
         self._record = record = audit.RequestRecord(
