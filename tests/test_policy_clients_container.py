@@ -17,11 +17,13 @@ import pytest
 from dockgate import policy, routes
 from dockgate.decision import Allow, Client, ContainerFacts, Deny, Facts, Request
 from dockgate.errors import ConfigError
+from dockgate.policy_learn import LearningDecider
 from dockgate.shell.containers import (
     NOT_SYNCED,
     SHARED,
     container_ids,
     entry_of,
+    names_containers,
     normalize_address,
 )
 
@@ -244,3 +246,12 @@ def test_check_explains_a_decision_for_a_client_assumed_to_be_a_container(
     """dockgate check --client service=NAME shows which rule a container's client gets."""
     report, _ = policy.explain(compile_(POLICY), "POST", "/_ping", client=spec)
     assert f"policy:    {chosen}" in report
+
+
+def test_observe_mode_still_follows_containers() -> None:
+    """--learn beside --policy wraps the decider; its container rules must still resolve."""
+    decider = compile_(POLICY)
+    assert names_containers(decider)
+    assert names_containers(LearningDecider(decider))
+    assert not names_containers(LearningDecider(compile_(POLICY.replace(
+        "compose_service: pocketbase\n    compose_project: x", "uid: 0"))))

@@ -112,6 +112,7 @@ class Host(Protocol):
     upstream: Upstream
     shutting_down: bool
     recorder: learnlog.Observer | None
+
     connections: set[ClientConnection]
 
     @property

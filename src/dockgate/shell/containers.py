@@ -52,6 +52,7 @@ from dockgate import http1
 from dockgate.decision import Client, ContainerFacts, Decider
 from dockgate.errors import UpstreamError
 from dockgate.policy_decider import PolicyDecider
+from dockgate.policy_learn import LearningDecider
 from dockgate.shell.upstream import Upstream, UpstreamConnection
 
 log = logging.getLogger("dockgate.containers")
@@ -81,6 +82,8 @@ _CGROUP_ID = re.compile(r"(?:docker-)?([0-9a-f]{64})(?:\.scope)?")
 
 def names_containers(decider: Decider) -> bool:
     """Whether the decider has client rules naming containers (then a directory is kept)."""
+    if isinstance(decider, LearningDecider):  # observe mode: --learn beside --policy
+        decider = decider.inner
     return isinstance(decider, PolicyDecider) and decider.names_containers
 
 
