@@ -22,9 +22,9 @@ It never trusts a stale mapping:
   is unidentified rather than "no container".
 - An address held by more than one container (one network namespace shared
   with ``--network container:X``, or the same address on two networks) and a
-  process whose cgroups name more than one known container are ambiguous: no
-  container. A cgroup naming a container ID the directory does not know (a
-  container that just started, another daemon's) is unidentified.
+  process whose cgroups name more than one known container are ambiguous, and a
+  cgroup naming a container ID the directory does not know (a container that
+  just started, another daemon's) is unknown: both are unidentified too.
 - A unix peer's pid may be reused once the peer exits: on kernels with
   SO_PEERPIDFD (Linux 6.5) the cgroup read is confirmed by the pidfd still
   being alive afterwards; a peer already gone is unidentified.
