@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -402,8 +403,17 @@ def test_a_process_cgroup_naming_no_or_an_unknown_container_is_told_apart(
         assert directory.identify(unix(3)).unidentified == containers.UNKNOWN_CGROUP
         assert directory.identify(unix(4)).unidentified == containers.GONE
         assert directory.identify(unix(0)).unidentified == containers.HIDDEN
+        # The pidfd pins the peer: pid 1's cgroup read counts only while it is alive.
+        assert directory.identify(unix(1), alive).container is not None
+        assert directory.identify(unix(1), gone).unidentified == containers.GONE
 
+    alive = os.pidfd_open(os.getpid())
+    exited = subprocess.Popen(["true"])
+    gone = os.pidfd_open(exited.pid)
+    exited.wait()
     try:
         run_directory(scenario, proc=str(tmp_path))
     finally:
+        os.close(alive)
+        os.close(gone)
         discard(known)
