@@ -270,7 +270,8 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 def test_the_directory_resolves_a_container_network_address_and_follows_its_removal(
-        docker_client: docker.DockerClient, busybox_image: str, project: str) -> None:
+        docker_client: docker.DockerClient, busybox_image: str, project: str,
+        caplog: pytest.LogCaptureFixture) -> None:
     """An address names its container while it runs, nothing once it is removed."""
     with internal_network(docker_client) as network:
         pocketbase = labelled(docker_client, busybox_image, "pb", {
@@ -290,7 +291,13 @@ def test_the_directory_resolves_a_container_network_address_and_follows_its_remo
             await asyncio.to_thread(pocketbase.remove, force=True)
             await until(lambda: directory.identify(peer(address)).unidentified is None
                         and directory.identify(peer(address)).container is None)
+            # Network events that move no container (create, destroy) are no news either.
+            other = await asyncio.to_thread(docker_client.networks.create, unique_name("net"),
+                                            internal=True)
+            await asyncio.to_thread(other.remove)
+            await asyncio.to_thread(time.sleep, 0.5)
             assert directory.synced
+            assert "container directory:" not in caplog.text  # the stream never broke
 
         run_directory(scenario)
 

@@ -192,6 +192,9 @@ def test_lint_flags_a_container_rule_that_only_loopback_listeners_can_reach(
     f"0::/system.slice/docker-{ID_A}.scope/init.scope\n",
     # seen from inside a cgroup namespace
     f"0::/../../docker-{ID_A}.scope\n",
+    # Podman, cgroupfs and systemd managers
+    f"8:pids:/libpod_parent/libpod-{ID_A}\n",
+    f"0::/machine.slice/libpod-{ID_A}.scope/container\n",
 ])
 def test_a_process_cgroup_names_its_container(text: str) -> None:
     """The cgroupfs and systemd layouts of v1 and v2 all yield the container ID."""

@@ -15,8 +15,8 @@ It never trusts a stale mapping:
   moment the stream breaks until a new stream and a fresh list are in, nothing
   resolves: every client is *unidentified*, and a rule naming containers gives
   it no policy (``decision.Client.unidentified``).
-- An event about a container (start, die, destroy, rename, network connect and
-  disconnect) takes it out of the directory at once, in the data callback; it
+- An event about a container (start, restart, die, destroy or remove, rename,
+  network connect and disconnect) takes it out of the directory at once, in the data callback; it
   comes back when a ``GET /containers/{id}/json`` made after the event says it
   runs. While such a refresh is pending, an address that maps to no container
   is unidentified rather than "no container".
@@ -57,10 +57,12 @@ from dockgate.shell.upstream import Upstream, UpstreamConnection
 
 log = logging.getLogger("dockgate.containers")
 
-# The events that change which container holds which address, name or process.
-EVENT_FILTERS = json.dumps({"type": ["container", "network"],
-                            "event": ["start", "die", "destroy", "rename", "connect",
-                                      "disconnect"]}, separators=(",", ":"))
+# The events that change which container holds which address, name or process
+# (Podman says remove for destroy). Selected here, not by an "event" filter:
+# Podman 4.3 matches only one of several values given for one filter key.
+EVENT_FILTERS = json.dumps({"type": ["container", "network"]}, separators=(",", ":"))
+CHANGES = frozenset({"start", "restart", "die", "destroy", "remove", "rename"})
+NETWORK_CHANGES = frozenset({"connect", "disconnect"})  # Actor.Attributes.container moved
 RETRY_SECONDS = 1.0
 MAX_EVENT_LINE = 1 << 20   # an event is a few hundred bytes; a longer line is a broken stream
 
@@ -76,8 +78,9 @@ HIDDEN = ("its process is not visible to dockgate (another pid namespace; run do
           "in the host's pid namespace to name unix clients by container)")
 
 # Docker's cgroup layouts: cgroupfs ".../docker/<id>" (v1 and v2), systemd
-# ".../docker-<id>.scope"; a path component is one of them.
-_CGROUP_ID = re.compile(r"(?:docker-)?([0-9a-f]{64})(?:\.scope)?")
+# ".../docker-<id>.scope"; Podman's "libpod-<id>" and "libpod-<id>.scope". A
+# path component is one of them.
+_CGROUP_ID = re.compile(r"(?:docker-|libpod-)?([0-9a-f]{64})(?:\.scope)?")
 
 
 def names_containers(decider: Decider) -> bool:
@@ -258,10 +261,13 @@ class ContainerDirectory:
 
     async def _refresh(self, ident: str) -> None:
         status, data = await self.upstream.get_json(f"/containers/{quote(ident, safe='')}/json")
+        message = str(data.get("message", "")) if isinstance(data, dict) else ""
         if status == 200 and isinstance(data, dict) and (data.get("State") or {}).get(
                 "Running"):
             self._entries[ident] = entry_of(data)
-        elif status in (200, 404):
+        elif status in (200, 404) or (status == 500 and message.endswith("no such container")):
+            # Podman 4.3 answers 500 "... does not exist in database: no such container"
+            # while it removes one, then 404.
             self._entries.pop(ident, None)
         else:
             raise UpstreamError(f"dockgate: the daemon answered {status} when asked about "
@@ -365,9 +371,11 @@ class _EventStream:
     def _apply(self, line: bytes) -> bool:
         try:
             event = json.loads(line)
+            network = event["Type"] == "network"
+            if event["Action"] not in (NETWORK_CHANGES if network else CHANGES):
+                return True  # exec_start, health_status, a network created...: nothing moved
             actor = event["Actor"]
-            ident = (actor["Attributes"]["container"] if event["Type"] == "network"
-                     else actor["ID"])
+            ident = actor["Attributes"]["container"] if network else actor["ID"]
         except (ValueError, KeyError, TypeError):
             self._fail("dockgate: the daemon's events stream sent an event dockgate cannot "
                        "read")
