@@ -274,7 +274,9 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("target", metavar="TARGET", help="e.g. /v1.41/containers/gw/restart")
     check.add_argument("--client", default=None,
                        help="who asks, comma-separated parts: an IP address, uid=N, gid=N, "
-                       "cn=NAME, san=NAME, listener=URL [default: 127.0.0.1]")
+                       "cn=NAME, san=NAME, listener=URL; the container it is: "
+                       "container=NAME, service=NAME (compose), project=NAME "
+                       "[default: 127.0.0.1]")
     settings.add_arguments(check)
     check.set_defaults(handler=cmd_check)
 

@@ -22,8 +22,26 @@ from dockgate.routes import LIBPOD_REFUSED, Match, Target, is_libpod
 
 
 @dataclass(frozen=True)
+class ContainerFacts:
+    """A container as the daemon resolved a reference to it."""
+
+    id: str
+    name: str  # without the leading "/"
+    labels: Mapping[str, str]
+    image: str = ""
+
+
+@dataclass(frozen=True)
 class Client:
-    """Who is asking: the listener it came through and what that listener knows of it."""
+    """Who is asking: the listener it came through and what that listener knows of it.
+
+    ``container`` is the container the peer is, when the shell's directory of running
+    containers resolved it (only while some ``clients:`` rule names containers).
+    ``unidentified`` says why the shell could not tell whether the peer is a container
+    (the directory is not in sync with the daemon, the address is shared by several
+    containers): rules naming containers then give no policy at all, instead of
+    letting a later rule or the default decide for a client that may be one of them.
+    """
 
     listener: str
     transport: Literal["tcp", "unix", "tls"]
@@ -34,14 +52,22 @@ class Client:
     pid: int | None = None
     cert_cn: str | None = None
     cert_sans: tuple[str, ...] = ()
+    container: ContainerFacts | None = None
+    unidentified: str | None = None
 
     def describe(self) -> str:
-        """A short human form for logs: ``tcp:127.0.0.1:5123`` or ``unix:uid=1000``."""
+        """A short human form for logs: ``tcp:127.0.0.1:5123`` or ``unix:uid=1000``.
+
+        A resolved container is named: ``unix:uid=0,gid=0,pid=42,container=relay``.
+        """
         if self.transport == "unix":
-            return f"unix:uid={self.uid},gid={self.gid},pid={self.pid}"
-        who = f"{self.transport}:{self.address}:{self.port}"
-        if self.cert_cn is not None:
-            who += f",cn={self.cert_cn}"
+            who = f"unix:uid={self.uid},gid={self.gid},pid={self.pid}"
+        else:
+            who = f"{self.transport}:{self.address}:{self.port}"
+            if self.cert_cn is not None:
+                who += f",cn={self.cert_cn}"
+        if self.container is not None:
+            who += f",container={self.container.name}"
         return who
 
 
@@ -52,16 +78,6 @@ class Request:
     method: str
     target: Target
     match: Match | None  # None: no Engine API route has this method and path
-
-
-@dataclass(frozen=True)
-class ContainerFacts:
-    """A container as the daemon resolved a reference to it."""
-
-    id: str
-    name: str  # without the leading "/"
-    labels: Mapping[str, str]
-    image: str = ""
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,13 @@ from dockgate.policy_decider import (
     operations,
 )
 from dockgate.policy_file import compile_text
-from dockgate.policy_match import CONTAINER_NAME, ContainerScope, normalize_listener
+from dockgate.policy_match import (
+    COMPOSE_PROJECT,
+    COMPOSE_SERVICE,
+    CONTAINER_NAME,
+    ContainerScope,
+    normalize_listener,
+)
 from dockgate.policy_yaml import suggest
 
 __all__ = ["Grant", "Policy", "PolicyDecider", "compile_text", "explain", "from_env",
@@ -148,7 +154,8 @@ def from_env(env: Mapping[str, str]) -> PolicyDecider | None:
 # Explaining a decision without a daemon
 
 
-CLIENT_FORMS = "an IP address, uid=N, gid=N, cn=NAME, san=NAME, listener=URL"
+CLIENT_FORMS = ("an IP address, uid=N, gid=N, cn=NAME, san=NAME, listener=URL, container=NAME, "
+                "service=NAME, project=NAME")
 
 
 def parse_client(spec: str | None) -> Client:
@@ -163,7 +170,8 @@ def parse_client(spec: str | None) -> Client:
         key, sep, value = part.strip().partition("=")
         if not sep:
             key, value = "address", key
-        if key not in ("address", "uid", "gid", "cn", "san", "listener") or key in fields:
+        if key not in ("address", "uid", "gid", "cn", "san", "listener", "container",
+                       "service", "project") or key in fields:
             raise ConfigError(f"--client {spec!r} is invalid: write {CLIENT_FORMS}, "
                               "comma-separated")
         fields[key] = value
@@ -180,14 +188,25 @@ def parse_client(spec: str | None) -> Client:
             raise ConfigError(f"--client {spec!r} is invalid: {key} must be a number")
         ids[key] = int(raw, 10) if raw is not None else None
     listener = fields.get("listener", "check")
+    container = _assumed_container(fields)
     if ids["uid"] is not None or ids["gid"] is not None:
-        return Client(listener, "unix", uid=ids["uid"], gid=ids["gid"])
+        return Client(listener, "unix", uid=ids["uid"], gid=ids["gid"], container=container)
     address = fields.get("address", DEFAULT_CLIENT)
     if "cn" in fields or "san" in fields:
         sans = (fields["san"],) if "san" in fields else ()
         return Client(listener, "tls", address=address, port=0, cert_cn=fields.get("cn"),
-                      cert_sans=sans)
-    return Client(listener, "tcp", address=address, port=0)
+                      cert_sans=sans, container=container)
+    return Client(listener, "tcp", address=address, port=0, container=container)
+
+
+def _assumed_container(fields: Mapping[str, str]) -> ContainerFacts | None:
+    """``container=``, ``service=``, ``project=``: the container the client is assumed to be."""
+    if not {"container", "service", "project"} & set(fields):
+        return None
+    labels = {label: fields[key] for key, label in (("service", COMPOSE_SERVICE),
+                                                    ("project", COMPOSE_PROJECT))
+              if key in fields}
+    return ContainerFacts(id="0" * 64, name=fields.get("container", ""), labels=labels)
 
 
 def explain(decider: Decider, method: str, target: str,

@@ -448,13 +448,34 @@ class PolicyDecider:
                              for policy in self.policies.values()
                              for grant in policy.grants if grant.image_list is not None}))
 
+    @property
+    def names_containers(self) -> bool:
+        """Whether a ``clients:`` rule names containers (the shell then resolves peers)."""
+        return any(rule.names_container for rule in self.clients)
+
     def policy_for(self, client: Client) -> Policy | None:
         """The first client rule that matches, else the listener's default, else none."""
+        return self.select(client)[0]
+
+    def select(self, client: Client) -> tuple[Policy | None, str | None]:
+        """``policy_for`` and, when it is None because of it, why the client is unidentified.
+
+        A rule naming containers that the client otherwise matches cannot be judged
+        while the shell could not tell which container the client is: the answer is
+        then no policy, not a later rule's or the default's (the client may be the
+        container that rule names; first match wins).
+        """
         for rule in self.clients:
-            if rule.matches(client):
-                return self.policies[rule.policy]
+            if not rule.matches_peer(client):
+                continue
+            if not rule.names_container:
+                return self.policies[rule.policy], None
+            if client.unidentified is not None:
+                return None, client.unidentified
+            if rule.container_matches(client):
+                return self.policies[rule.policy], None
         chosen = self.listeners.get(normalize_listener(client.listener), self.default)
-        return self.policies[chosen] if chosen is not None else None
+        return (self.policies[chosen] if chosen is not None else None), None
 
     def unmatched_listeners(self, listeners: tuple[str, ...]) -> list[str]:
         """The ``listeners:`` keys that name none of ``listeners`` (the --listen URLs)."""
@@ -467,8 +488,12 @@ class PolicyDecider:
             return libpod_refusal(request) or _denied(
                 request, "not a Docker Engine API route", "check the path and method",
                 rule="no-route", status=404)
-        policy = self.policy_for(client)
+        policy, unidentified = self.select(client)
         operation = match.operation
+        if unidentified is not None:
+            return _denied(request, f"{operation}: no policy applies to this client: "
+                           f"{unidentified}", "see docs/policies.md#clients-named-by-"
+                           "container", rule="unidentified")
         if policy is None:
             return _denied(request, f"{operation}: no policy applies to this client",
                            "bind it under clients: or set default:", rule="no-policy")

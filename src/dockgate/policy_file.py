@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -53,7 +54,9 @@ _CONTAINER_KEYS = ("names", "globs", "labels", "own")
 _VOLUME_KEYS = ("names", "globs", "labels", "own")
 _CREATE_KEYS = ("deny",)
 _EXEC_KEYS = ("deny", "commands")
-_CLIENT_KEYS = ("name", "policy", "address", "uid", "gid", "cert_cn", "cert_san", "listener")
+_CLIENT_KEYS = ("name", "policy", "address", "uid", "gid", "cert_cn", "cert_san", "listener",
+                "container", "compose_service", "compose_project", "container_labels")
+_CONTAINER_CLIENT_KEYS = ("container", "compose_service", "compose_project", "container_labels")
 
 
 class _Compiler:
@@ -434,8 +437,9 @@ class _Compiler:
         policy = self.policy_ref(parts["policy"][1], policies, "policy")
         if set(parts) <= {"policy", "name"}:
             raise self.source.error(node, "a clients: entry needs at least one of address:, "
-                                    "uid:, gid:, cert_cn:, cert_san:, listener: (use "
-                                    "default: for everyone else)")
+                                    "uid:, gid:, cert_cn:, cert_san:, listener:, container:, "
+                                    "compose_service:, compose_project:, container_labels: "
+                                    "(use default: for everyone else)")
         rule: dict[str, Any] = {}
         for key, (_key_node, value) in parts.items():
             if key in ("address",):
@@ -449,8 +453,40 @@ class _Compiler:
             elif key == "listener":
                 rule["listeners"] = frozenset(normalize_listener(v) for v, _
                                               in texts(value, self.source, key))
+            elif key == "container":
+                rule["containers"] = frozenset(self.client_container(v, item)
+                                               for v, item in texts(value, self.source, key))
+            elif key in ("compose_service", "compose_project"):
+                rule[f"{key}s"] = frozenset(v for v, _ in texts(value, self.source, key))
+            elif key == "container_labels":
+                labels = [(label, text(label_value, self.source, f"label {label}"))
+                          for label, _label_node, label_value
+                          in mapping(value, self.source, "container_labels")]
+                if not labels:
+                    raise self.source.error(value, "container_labels: is empty; list the "
+                                            "labels the client's container must carry")
+                rule["container_labels"] = tuple(labels)
+        if set(_CONTAINER_CLIENT_KEYS) & set(parts) and rule.get("listeners") and all(
+                _loopback_listener(url) for url in rule["listeners"]):
+            self.warnings.append(f"{self.at(node)}: this clients: entry names a container but "
+                                 "only loopback TCP listeners: a peer there has a loopback "
+                                 "address, never a container's, so the entry never matches; "
+                                 "give the container a unix socket or a listener on its "
+                                 "network (docs/policies.md#clients-named-by-container)")
         name = text(parts["name"][1], self.source, "name") if "name" in parts else None
         return ClientRule(policy=policy, label=self.at(node), name=name, **rule)
+
+    def client_container(self, name: str, node: yaml.Node) -> str:
+        """A ``container:`` value: an exact container name, as the daemon spells it."""
+        if name.startswith("/"):
+            raise self.source.error(node, f"container: {name!r}: write the name without "
+                                    f"the leading /, e.g. container: {name.lstrip('/')}")
+        if GLOB_CHARS.intersection(name) or not CONTAINER_NAME.fullmatch(name):
+            raise self.source.error(node, f"container: {name!r} is not a container name "
+                                    "(exact names only: letters, digits, _ . -); to name "
+                                    "several containers use compose_service: or "
+                                    "container_labels:")
+        return name
 
     def network(self, raw: str, node: yaml.Node) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         try:
@@ -458,6 +494,17 @@ class _Compiler:
         except ValueError as error:
             raise self.source.error(node, f"{raw!r} is not an IP address or network ({error});"
                                     " write e.g. 127.0.0.1 or 10.0.0.0/8") from None
+
+
+def _loopback_listener(url: str) -> bool:
+    """A tcp:// or tls:// listener on a loopback address (127.0.0.0/8, ::1)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("tcp", "tls"):
+        return False
+    try:
+        return ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        return parts.hostname == "localhost"
 
 
 def compile_text(text_: str, label: str, ops: Operations | None = None) -> PolicyDecider:

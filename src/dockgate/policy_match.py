@@ -10,7 +10,9 @@
   ``signal``, ``stdin`` on attach, ``follow`` on logs), normalized as dockerd
   parses them before comparison.
 - ``ClientRule``: source address or network, unix peer uid/gid, TLS client
-  certificate CN/SAN, listener. Every criterion given must hold.
+  certificate CN/SAN, listener, and the container the peer is (its name, compose
+  service and project, labels; resolved by the shell). Every criterion given must
+  hold.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from dockgate.decision import Client
 # Used with fullmatch: Python's "$" would also match before a trailing newline.
 CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 GLOB_CHARS = frozenset("*?[")
+# The labels docker compose puts on every container it creates.
+COMPOSE_SERVICE = "com.docker.compose.service"
+COMPOSE_PROJECT = "com.docker.compose.project"
 
 
 def describe_scope(names: frozenset[str], globs: tuple[str, ...],
@@ -209,9 +214,26 @@ class ClientRule:
     cert_sans: frozenset[str] = frozenset()
     listeners: frozenset[str] = frozenset()
     name: str | None = field(default=None)
+    # The container the peer is (decision.Client.container): its name without "/",
+    # its com.docker.compose.service / .project labels, other labels (all must match).
+    containers: frozenset[str] = frozenset()
+    compose_services: frozenset[str] = frozenset()
+    compose_projects: frozenset[str] = frozenset()
+    container_labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def names_container(self) -> bool:
+        """Whether the rule needs to know which container the client is."""
+        return bool(self.containers or self.compose_services or self.compose_projects
+                    or self.container_labels)
 
     def matches(self, client: Client) -> bool:
         """Whether this client is the one the rule describes."""
+        return self.matches_peer(client) and (not self.names_container
+                                              or self.container_matches(client))
+
+    def matches_peer(self, client: Client) -> bool:
+        """Whether every criterion but the container's holds."""
         if self.listeners and normalize_listener(client.listener) not in self.listeners:
             return False
         if self.networks and not _in_networks(client.address, self.networks):
@@ -223,6 +245,20 @@ class ClientRule:
         if self.cert_cns and client.cert_cn not in self.cert_cns:
             return False
         return not self.cert_sans or bool(self.cert_sans.intersection(client.cert_sans))
+
+    def container_matches(self, client: Client) -> bool:
+        """Whether the client's resolved container has the name and labels asked for."""
+        container = client.container
+        if container is None:
+            return False
+        labels = container.labels
+        if self.containers and container.name not in self.containers:
+            return False
+        if self.compose_services and labels.get(COMPOSE_SERVICE) not in self.compose_services:
+            return False
+        if self.compose_projects and labels.get(COMPOSE_PROJECT) not in self.compose_projects:
+            return False
+        return all(labels.get(key) == value for key, value in self.container_labels)
 
 
 def _in_networks(address: str | None,

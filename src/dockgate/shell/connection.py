@@ -61,7 +61,7 @@ from dockgate.settings import Settings
 from dockgate.shell import audit
 from dockgate.shell.forward import CONTINUE, ClientGoneError, Flight, upstream_head
 from dockgate.shell.hijack import Session
-from dockgate.shell.listeners import Listener, client_for
+from dockgate.shell.listeners import Identifier, Listener, client_for
 from dockgate.shell.relay import Outcome
 from dockgate.shell.upstream import RawPeer, Upstream, UpstreamConnection
 
@@ -116,6 +116,10 @@ class Host(Protocol):
 
     connections: set[ClientConnection]
 
+    @property
+    def directory(self) -> Identifier | None:
+        """Which container a client is, while some clients: rule names containers."""
+
     def check_quiet(self) -> None:
         """During shutdown: note when no plain request is in flight any more."""
 
@@ -130,6 +134,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client = Client(listener.url, "tcp")
         self.tag = ""                                      # the audit fields of the connection
+        self._identified_by: Identifier | None = None      # the directory that identified it
         self.reader = http1.RequestReader(proxy.settings.max_header_bytes)
         self.upstream: UpstreamConnection | None = None   # the daemon side of the exchange
         self.session: Session | None = None               # set once hijacked
@@ -171,14 +176,18 @@ class ClientConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=1 << 20, low=1 << 18)
-        self.client = client_for(self.listener, transport)
-        self.tag = audit.connection_prefix(self.listener.url, self.client.describe())
+        self._identify(transport)
         if len(self.proxy.connections) >= self.settings.max_connections:
             self._refuse_overloaded(transport)
             return
         self.proxy.connections.add(self)
         metrics.ACTIVE_CONNECTIONS.inc()
         self._advance()
+
+    def _identify(self, transport: asyncio.BaseTransport) -> None:
+        self._identified_by = self.proxy.directory
+        self.client = client_for(self.listener, transport, self._identified_by)
+        self.tag = audit.connection_prefix(self.listener.url, self.client.describe())
 
     def _refuse_overloaded(self, transport: asyncio.Transport) -> None:
         """Past --max-connections: a 503 at once, a gentle close, and no task spent on it.
@@ -499,6 +508,12 @@ class ClientConnection(asyncio.Protocol):
         self.busy = self.busy_plain = True
         self.bytes_in = head.size
         self.bytes_out = 0
+        if (self.client.unidentified is not None or self.proxy.directory
+                is not self._identified_by) and self.transport is not None:
+            # Accepted while the container directory could not tell (not in sync yet,
+            # a container changing), or before a reload started or stopped it: ask
+            # again, in memory, before each request.
+            self._identify(self.transport)
         agent = head.get(b"user-agent")
         self._record = record = audit.RequestRecord(
             head.method, head.target, agent.decode("latin-1") if agent is not None else None)

@@ -18,13 +18,21 @@ import socket
 import ssl
 import stat
 import struct
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from dockgate import startup, systemd
 from dockgate.decision import Client
 from dockgate.errors import ConfigError
 from dockgate.settings import Settings
+
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5; Python 3.11 lacks the name
+
+
+class Identifier(Protocol):
+    """Tells which container a peer is (``containers.ContainerDirectory``)."""
+
+    def identify(self, client: Client, pidfd: int | None = None) -> Client: ...
 
 
 class Listener:
@@ -54,17 +62,54 @@ class Listener:
         self.port = port
 
 
-def client_for(listener: Listener, transport: asyncio.BaseTransport) -> Client:
-    """What the listener knows about who is on the other end of ``transport``."""
+def client_for(listener: Listener, transport: asyncio.BaseTransport,
+               directory: Identifier | None = None) -> Client:
+    """What the listener knows about who is on the other end of ``transport``.
+
+    With a ``directory`` (some client rule names containers), also which container
+    the peer is: a lookup in memory, plus reading ``/proc/PID/cgroup`` on unix sockets.
+    """
     if listener.kind == "unix":
         sock = transport.get_extra_info("socket")
         try:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                     struct.calcsize("3i"))
         except (OSError, AttributeError):
-            return Client(listener.url, "unix")
+            client = Client(listener.url, "unix")
+            return directory.identify(client) if directory is not None else client
         pid, uid, gid = struct.unpack("3i", creds)
-        return Client(listener.url, "unix", uid=uid, gid=gid, pid=pid)
+        client = Client(listener.url, "unix", uid=uid, gid=gid, pid=pid)
+        if directory is None:
+            return client
+        pidfd = peer_pidfd(sock)
+        try:
+            return directory.identify(client, pidfd)
+        finally:
+            close_pidfd(pidfd)
+    client = _network_client(listener, transport)
+    return directory.identify(client) if directory is not None else client
+
+
+def peer_pidfd(sock: Any) -> int | None:
+    """A pidfd of a unix socket's peer (SO_PEERPIDFD), or None where the kernel has none.
+
+    It pins the peer process: a pid alone may name another process once the peer exits.
+    """
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4)
+    except (OSError, AttributeError):
+        return None
+    fd = int.from_bytes(raw, "little", signed=True)
+    return fd if fd >= 0 else None
+
+
+def close_pidfd(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _network_client(listener: Listener, transport: asyncio.BaseTransport) -> Client:
     peer = transport.get_extra_info("peername") or ("", None)
     address = str(peer[0])
     if address.startswith("::ffff:") and "." in address:

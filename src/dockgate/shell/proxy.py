@@ -27,6 +27,7 @@ from dockgate.errors import ConfigError
 from dockgate.settings import Settings
 from dockgate.shell import audit
 from dockgate.shell.connection import ClientConnection
+from dockgate.shell.containers import ContainerDirectory, names_containers
 from dockgate.shell.listeners import (
     BoundListener,
     Listener,
@@ -56,6 +57,17 @@ class Proxy:
         self.owns_files = False
         self.quiet: asyncio.Event | None = None
         self.recorder = learnlog.recorder(settings)
+        self.directory: ContainerDirectory | None = None
+
+    def follow_containers(self) -> None:
+        """Keep the directory of running containers while some client rule names one."""
+        if names_containers(self.decider):
+            if self.directory is None:
+                self.directory = ContainerDirectory(self.upstream)
+                self.directory.start()
+        elif self.directory is not None:
+            self.directory.stop()
+            self.directory = None
 
     async def start(self, bound: list[BoundListener] | None = None) -> None:
         """Serve on ``bound`` (sockets a supervisor bound before forking), else bind now.
@@ -66,6 +78,7 @@ class Proxy:
         if bound is None:
             bound = bind_listeners(self.settings, self.listeners)
             self.owns_files = True
+        self.follow_containers()
         loop = asyncio.get_running_loop()
         for entry in bound:
             self.bound.extend(entry.names)
@@ -95,6 +108,7 @@ class Proxy:
             return
         metrics.count_reload("ok")
         self.decider = decider
+        self.follow_containers()
         log.info("reloaded: decisions now by %s", decider.name)
 
     def check_quiet(self) -> None:
@@ -115,6 +129,8 @@ class Proxy:
             await asyncio.wait_for(self.quiet.wait(), self.settings.shutdown_grace)
         for conn in list(self.connections):
             conn.close()
+        if self.directory is not None:
+            self.directory.stop()
         self.upstream.close_all()
         if self.owns_files:
             remove_socket_files(self.listeners)
