@@ -261,15 +261,19 @@ class ClientRule:
         return all(labels.get(key) == value for key, value in self.container_labels)
 
 
-def _in_networks(address: str | None,
-                 networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
-    if address is None:
-        return False
+def peer_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer address as an IP (IPv4-mapped as IPv4, no zone); None if it is not one."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         # A dual-stack [::] listener sees 127.0.0.2 as ::ffff:127.0.0.2.
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
+        return ip.ipv4_mapped
+    return ip
+
+
+def _in_networks(address: str | None,
+                 networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    ip = peer_ip(address) if address is not None else None
+    return ip is not None and any(ip in network for network in networks)

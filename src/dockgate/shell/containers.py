@@ -37,7 +37,6 @@ docker-proxy or the host's gateway address, which names no container.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import re
@@ -53,6 +52,7 @@ from dockgate.decision import Client, ContainerFacts, Decider
 from dockgate.errors import UpstreamError
 from dockgate.policy_decider import PolicyDecider
 from dockgate.policy_learn import LearningDecider
+from dockgate.policy_match import peer_ip
 from dockgate.shell.upstream import Upstream, UpstreamConnection
 
 log = logging.getLogger("dockgate.containers")
@@ -104,13 +104,8 @@ def container_ids(cgroup: str) -> frozenset[str]:
 
 def normalize_address(address: str) -> str | None:
     """An IP address in one spelling (IPv4-mapped as IPv4, no zone); None if it is not one."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.compressed
+    ip = peer_ip(address)
+    return ip.compressed if ip is not None else None
 
 
 @dataclass(frozen=True)
