@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from typing import Any
+
+from libfuzzer import fuzz
 
 from dockgate import bodies
 
@@ -210,13 +211,5 @@ def check(data: bytes) -> None:
     assert ours == theirs, f"the inspector reads {ours!r}, the daemon {theirs!r}"
 
 
-def main() -> None:
-    import atheris  # noqa: PLC0415 - only the fuzzing run needs it, not the tests
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, check)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz(check)

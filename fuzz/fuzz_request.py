@@ -24,10 +24,10 @@ refuses and dockgate forwards with ``Host: docker`` (the docker CLI sends one an
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import h11
+from libfuzzer import fuzz
 
 from dockgate import http1
 from dockgate.errors import ProtocolError
@@ -218,13 +218,5 @@ def check(data: bytes) -> None:
             "h11 found a whole request where the reader still waits for bytes"
 
 
-def main() -> None:
-    import atheris  # noqa: PLC0415 - only the fuzzing run needs it, not the tests
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, check)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz(check)

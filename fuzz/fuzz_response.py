@@ -22,10 +22,10 @@ response the reader refuses: it may be stricter than h11, never looser.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import h11
+from libfuzzer import fuzz
 
 from dockgate import http1
 from dockgate.errors import UpstreamError
@@ -188,13 +188,5 @@ def check_passthrough(data: bytes, method: str, step: int | None, whole: Framed)
     assert relayed_chunks.body == whole.body, "the relayed chunks decode to another body"
 
 
-def main() -> None:
-    import atheris  # noqa: PLC0415 - only the fuzzing run needs it, not the tests
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, check)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz(check)

@@ -21,8 +21,9 @@ Invariants, checked by ``check``:
 from __future__ import annotations
 
 import re
-import sys
 from urllib.parse import unquote
+
+from libfuzzer import fuzz
 
 from dockgate import routes
 from dockgate.errors import BadTarget
@@ -122,13 +123,5 @@ def check(data: bytes) -> None:
         assert (again.version, again.query) == (target.version, target.query)
 
 
-def main() -> None:
-    import atheris  # noqa: PLC0415 - only the fuzzing run needs it, not the tests
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, check)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz(check)
