@@ -200,20 +200,21 @@ class Restarter:
         running_since: tuple[str, float] | None = None  # (StartedAt, when first seen)
         while True:
             state = self.inspect()
+            now = self.clock()
             started_at = str(state.get("StartedAt", ""))
             if state.get("Running") is True and started_at_key(started_at) > previous:
                 if running_since is None or running_since[0] != started_at:
-                    running_since = (started_at, self.clock())
-                if self.clock() - running_since[1] >= self.options.settle:
+                    running_since = (started_at, now)
+                if now - running_since[1] >= self.options.settle:
                     return started_at
             else:
                 running_since = None
-            if self.clock() >= deadline and running_since is not None:
-                raise NotReadyError(
-                    f"gateway {self.options.gateway} started again but has not stayed "
-                    f"running for {self.options.settle:g}s within "
-                    f"{self.options.ready_timeout:g}s (--settle)")
-            if self.clock() >= deadline:
+            if now >= deadline:
+                if running_since is not None:
+                    raise NotReadyError(
+                        f"gateway {self.options.gateway} started again but has not stayed "
+                        f"running for {self.options.settle:g}s within "
+                        f"{self.options.ready_timeout:g}s (--settle)")
                 raise NotReadyError(
                     f"gateway {self.options.gateway} is not running again after "
                     f"{self.options.ready_timeout:g}s (status {state.get('Status')!s}, "
