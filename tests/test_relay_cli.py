@@ -161,6 +161,7 @@ def test_invalid_docker_host_is_refused_before_writing(
 @pytest.mark.parametrize(("args", "message"), [
     (["--gateway", "bad name"], "invalid gateway container name"),
     (["--stop-timeout", "-1"], "must not be negative"),
+    (["--settle", "-0.5"], "settle must not be negative"),
     (["--health-url", "ftp://gw/health"], "must be http:// or https://"),
 ])
 def test_invalid_restart_options_exit_10(capsys: pytest.CaptureFixture[str], args: list[str],
