@@ -199,6 +199,27 @@ def dockgate_command(args: argparse.Namespace, port: int, upstream: str,
     return command
 
 
+def compiled_build(work: Path) -> Path:
+    """``--compiled``: dockgate built with mypyc (``DOCKGATE_COMPILE=1``) into ``work``."""
+    target = work / "compiled"
+    print("building dockgate with mypyc (DOCKGATE_COMPILE=1 pip install --target), about a "
+          "minute ...", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--disable-pip-version-check", "--target", str(target), str(ROOT)],
+                   env={**os.environ, "DOCKGATE_COMPILE": "1", "PIP_ROOT_USER_ACTION": "ignore"},
+                   check=True, timeout=900)
+    return target
+
+
+def dockgate_build(args: argparse.Namespace, work: Path, env: dict[str, str]) -> str:
+    """Point ``env`` at the build to measure (``--compiled``); what ``--version`` says."""
+    if args.compiled:
+        env["PYTHONPATH"] = str(compiled_build(work))
+    shown = subprocess.run([sys.executable, "-m", "dockgate", "--version"], env=env,
+                           capture_output=True, text=True, check=True, timeout=60)
+    return shown.stdout.strip()
+
+
 def proxy_env(extra: dict[str, str]) -> dict[str, str]:
     """A clean environment with Tecnativa's defaults and CONTAINERS=1, as in production."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
@@ -508,6 +529,8 @@ def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str,
             work=work, port=ports["direct"], containers_json=CONTAINERS_JSON,
             inspect_json=INSPECT_JSON, stream_path=STREAM_PATH))
         env = proxy_env({"LOG_LEVEL": args.log_level})
+        info["dockgate"] = dockgate_build(args, work, env)
+        print(info["dockgate"], flush=True)
         nginx = ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g",
                  "daemon off;"]
 
@@ -546,7 +569,8 @@ def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str,
     (RESULTS / f"learn-{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
     (RESULTS / f"learn-{stamp}.md").write_text("\n".join(
         [f"# dockgate --learn cost {stamp}", "", f"`{command.strip()}` on {info['nproc']} "
-         f"CPUs ({info['cpu']}); load average {info['loadavg_at_start']} at start.", "",
+         f"CPUs ({info['cpu']}); {info['dockgate']}; load average {info['loadavg_at_start']} at "
+         "start.", "",
          *table]) + "\n")
     print(f"wrote {RESULTS / f'learn-{stamp}.json'} and .md")
     return 0
@@ -574,6 +598,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="dockgate with its admin listener, so that every request is "
                         "also counted in the Prometheus metrics (off in a Tecnativa drop-in, "
                         "as there)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="measure dockgate built with mypyc (DOCKGATE_COMPILE=1), built "
+                        "into the run's temporary directory first (about a minute; pip "
+                        "fetches mypy); without it, the build this Python imports")
     parser.add_argument("--learn", action="store_true",
                         help="measure the learn recorder instead: dockgate with and without "
                         "--learn, interleaved")
@@ -608,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
             inspect_json=INSPECT_JSON, stream_path=STREAM_PATH))
         upstream = work / "upstream.sock"
         env = proxy_env({"LOG_LEVEL": args.log_level})
+        info["dockgate"] = dockgate_build(args, work, env)
+        print(info["dockgate"], flush=True)
         nginx = ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g",
                  "daemon off;"]
         haproxy = ["haproxy", "-db", "-f", str(HAPROXY_CONFIG)]
@@ -651,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown = [f"# dockgate benchmark {stamp}", "",
                 f"`{command.strip()}` on {info['nproc']} CPUs ({info['cpu']}), Linux "
                 f"{info['kernel']}, Python {info['python']}; {info['haproxy']}; "
-                f"{info['nginx']}; dockgate --workers {args.workers}"
+                f"{info['nginx']}; {info['dockgate']}, --workers {args.workers}"
                 f"{' with metrics (--admin-listen)' if args.metrics else ''}; "
                 f"LOG_LEVEL={args.log_level} for both proxies; load average "
                 f"{info['loadavg_at_start']} at start.", "", *lines]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from dockgate import __version__, compat, policy
+from dockgate.cli import build
 
 
 def dockgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -44,9 +45,11 @@ def test_policy_lint_names_the_line_and_the_fix(tmp_path: Path) -> None:
 
 
 def test_both_commands_print_their_version() -> None:
-    """dockgate and dockgate-mcp-relay say which release they are (bug reports need it)."""
+    """dockgate and dockgate-mcp-relay say which release they are (bug reports need it),
+    dockgate also which build (the pure-Python default, or compiled with mypyc)."""
     shown = dockgate("--version")
-    assert shown.stdout == f"dockgate {__version__}\n"
+    assert shown.stdout == f"dockgate {__version__} ({build()})\n"
+    assert shown.stdout.endswith(("(pure Python)\n", "(compiled with mypyc)\n"))
     relay = subprocess.run([sys.executable, "-m", "mcprelay", "--version"], capture_output=True,
                            text=True, timeout=60, check=False)
     assert relay.stdout == f"dockgate-mcp-relay {__version__}\n"

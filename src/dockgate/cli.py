@@ -20,6 +20,7 @@ from dockgate import (
     bodies,
     compat,
     danger,
+    http1,
     learnlog,
     liveview,
     logs,
@@ -241,10 +242,18 @@ def access_help() -> str:
         initial_indent="      ", subsequent_indent="      ") + "\n"
 
 
+def build() -> str:
+    """Which build this is: ``compiled with mypyc`` (``DOCKGATE_COMPILE=1 pip install .``:
+    the data plane as C extensions) or ``pure Python``, the default."""
+    # http1 is one of the compiled modules (build_backend/dockgate_build.py lists them).
+    return "pure Python" if http1.__file__.endswith(".py") else "compiled with mypyc"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dockgate", description=DESCRIPTION,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    top.add_argument("--version", action="version", version=f"dockgate {__version__}")
+    top.add_argument("--version", action="version",
+                     version=f"dockgate {__version__} ({build()})")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the proxy",

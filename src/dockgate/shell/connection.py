@@ -339,7 +339,11 @@ class ClientConnection(asyncio.Protocol):
             if (flight.conn is not None and flight.conn.closed) or self.lost:
                 session.raw_lost()
             return
-        self._guarded(flight.ended, outcome)
+        try:
+            flight.ended(outcome)
+        except Exception:  # a bug ends this connection, never the whole proxy
+            log.exception("internal error on a connection from %s", self.client.describe())
+            self.abort()
 
     # flow control helpers --------------------------------------------------------------------
 
@@ -405,14 +409,6 @@ class ClientConnection(asyncio.Protocol):
             self._timer = None
         if self.transport is not None:
             self.transport.close()
-
-    def _guarded(self, step: Any, *args: Any) -> None:
-        """Run a pipeline step; a bug ends this connection, never the whole proxy."""
-        try:
-            step(*args)
-        except Exception:
-            log.exception("internal error on a connection from %s", self.client.describe())
-            self.abort()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run the inherent waiting of this request in a task."""

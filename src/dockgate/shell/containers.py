@@ -341,9 +341,14 @@ class _EventStream:
         self.ended = "dockgate: the daemon's events stream ended"
         self.done = False
 
-    def on_event(self, event: http1.ResponseEvent) -> None:
-        if self.done:
-            return
+    def on_events(self, events: list[http1.ResponseEvent]) -> int:
+        for event in events:
+            if self.done:
+                break
+            self._event(event)
+        return len(events)
+
+    def _event(self, event: http1.ResponseEvent) -> None:
         if isinstance(event, http1.ResponseHead):
             if event.status < 200:
                 return
@@ -378,9 +383,6 @@ class _EventStream:
         if isinstance(ident, str) and ident:
             self.directory.changed(ident)
         return True
-
-    def flush(self) -> None:
-        return
 
     def on_lost(self, error: UpstreamError) -> None:
         self._fail(error.message)

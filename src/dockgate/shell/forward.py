@@ -99,13 +99,14 @@ class Flight:
     """One request on its way to the daemon; see the module docstring."""
 
     __slots__ = ("allow", "attempt", "body", "body_done", "conn", "exchange", "head",
-                 "origin", "outcome", "raw_head", "stream", "streamed", "streaming_body",
-                 "upgrade")
+                 "origin", "outcome", "pool", "raw_head", "stream", "streamed",
+                 "streaming_body", "upgrade")
 
     def __init__(self, origin: Origin, head: http1.RequestHead, allow: Allow,
                  stream: routes.Stream, *, body: bytes | None, upgrade: bytes | None,
                  raw_head: bytes, streamed: list[http1.Data | http1.EndOfMessage]) -> None:
         self.origin = origin
+        self.pool = origin.pool
         self.head = head
         self.allow = allow
         self.stream = stream
@@ -121,7 +122,7 @@ class Flight:
         self.outcome: Outcome | None = None
 
     def start(self) -> None:
-        conn = self.origin.pool.take_idle()
+        conn = self.pool.take_idle()
         if conn is not None:
             self._send(conn)
         else:
@@ -130,13 +131,13 @@ class Flight:
     async def _connect_new(self) -> None:
         origin = self.origin
         try:
-            conn = await origin.pool.acquire()
+            conn = await self.pool.acquire()
         except UpstreamError as error:
             metrics.count_upstream_error("connect")
             origin.refused(502, error.message, not self.body_done)
             return
         if origin.lost:
-            origin.pool.release(conn)
+            self.pool.release(conn)
             origin.broken(499)
             return
         self._send(conn)
@@ -228,7 +229,7 @@ class Flight:
         if outcome == "lost":
             metrics.count_upstream_error("lost")
             conn.abort()
-            origin.refused(502, exchange.error or origin.pool.unreachable_message(
+            origin.refused(502, exchange.error or self.pool.unreachable_message(
                 "connection lost"), not self.body_done)
             return
         if outcome == "broken":
@@ -237,7 +238,7 @@ class Flight:
             origin.broken(exchange.status)
             return
         if exchange.upstream_reusable and self.body_done and not origin.eof:
-            origin.pool.release(conn)  # (after a half-close the daemon got one too)
+            self.pool.release(conn)  # (after a half-close the daemon got one too)
         else:
             conn.close()
         origin.landed(exchange.keep_alive and self.body_done, exchange.status)

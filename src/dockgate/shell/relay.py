@@ -2,11 +2,11 @@
 
 Theory of operation. An ``Exchange`` is the ``ResponseSink`` of the upstream
 connection carrying one request. The upstream protocol hands it the response
-events of each read and then calls ``flush()``, so a small response leaves in
-one write and no task wakes up per body chunk (which is what keeps a 1 GiB
-stream cheap). The exchange talks back to the client side only through
-``Downstream``, a handful of callbacks, so this module knows nothing of the
-connection that uses it.
+events of each read in one call, and what they make is sent at the end of it,
+so a small response leaves in one write and no task wakes up per body chunk
+(which is what keeps a 1 GiB stream cheap). The exchange talks back to the
+client side only through ``Downstream``, a handful of callbacks, so this module
+knows nothing of the connection that uses it.
 
 Framing towards the client is ours: hop-by-hop fields are dropped, the body
 is sent with its own Content-Length when the daemon gave one, chunked to an
@@ -94,15 +94,20 @@ class Exchange:
 
     # upstream.ResponseSink -------------------------------------------------------------------
 
-    def on_event(self, event: http1.ResponseEvent) -> None:
-        if self.finished:
-            return
-        if isinstance(event, http1.Data):
-            self._data(event.data)
-        elif isinstance(event, http1.ResponseHead):
-            self._head(event)
-        else:
-            self._end()
+    def on_events(self, events: list[http1.ResponseEvent]) -> int:
+        taken = 0
+        for event in events:
+            if self.finished:
+                break
+            taken += 1
+            if isinstance(event, http1.Data):
+                self._data(event.data)
+            elif isinstance(event, http1.ResponseHead):
+                self._head(event)
+            else:
+                self._end()
+        self.flush()
+        return taken
 
     def flush(self) -> None:
         out = self.out

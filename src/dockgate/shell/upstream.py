@@ -2,8 +2,8 @@
 
 Theory of operation. An ``UpstreamConnection`` carries one exchange at a time.
 Whoever sends a request sets ``sink`` first; the protocol feeds received bytes
-to its ``http1.ResponseReader`` and hands every event straight to the sink from
-the ``data_received`` callback, then calls ``sink.flush()`` once per read so a
+to its ``http1.ResponseReader`` and hands the events of each read straight to the
+sink from the ``data_received`` callback, in one ``sink.on_events`` call, so a
 small response leaves in one write. No task wakes up per body chunk: that is
 what keeps the relay of a 1 GiB stream cheap. After a hijack (101, or a raw
 200 stream) the sink calls ``go_raw(peer)`` and received bytes go to the peer
@@ -62,9 +62,10 @@ def half_close(transport: asyncio.Transport) -> None:
 class ResponseSink(Protocol):
     """Receives the events of one response (relay.Exchange, or the facts fetcher)."""
 
-    def on_event(self, event: http1.ResponseEvent) -> None: ...
-
-    def flush(self) -> None: ...
+    def on_events(self, events: list[http1.ResponseEvent]) -> int:
+        """The events of one read, in order, and out with what they make at once; how
+        many it took (an exchange that switched to raw bytes leaves the rest to the
+        session, one that ended ignores them)."""
 
     def on_lost(self, error: UpstreamError) -> None: ...
 
@@ -108,7 +109,14 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.raw_peer is not None:
             self.raw_peer.raw_data(data)
-            return
+        else:
+            self._response_data(data)
+
+    def _response_data(self, data: bytes) -> None:
+        # A method of its own: the sink may switch this connection to raw bytes
+        # (go_raw) while it reads these events, and a ``raw_peer is None`` test
+        # earlier in the same function would have narrowed that away for mypy, and
+        # for the mypyc build, which trusts the narrowing.
         sink = self.sink
         if sink is None:
             # Nobody asked: a pooled connection must be silent.
@@ -121,14 +129,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             sink.on_lost(error)
             return
-        raw: list[bytes | memoryview] = []
         try:
-            for event in events:
-                if self.raw_peer is None:
-                    sink.on_event(event)
-                elif isinstance(event, http1.Data):
-                    raw.append(event.data)  # a raw 200 stream: body bytes are the session's
-            sink.flush()
+            taken = sink.on_events(events)
         except Exception:
             # A bug (say, in a response filter) must end this exchange, not hang it.
             log.exception("internal error relaying a response from %s", self.pool.url)
@@ -136,6 +138,8 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_lost(UpstreamError("dockgate: internal error relaying the response"))
             return
         if self.raw_peer is not None:
+            # A raw 200 stream: body bytes after the switch are the session's.
+            raw = [event.data for event in events[taken:] if isinstance(event, http1.Data)]
             raw.append(self.reader.take_rest())
             for piece in raw:
                 if piece:
@@ -152,9 +156,7 @@ class UpstreamConnection(asyncio.Protocol):
             except UpstreamError as error:
                 sink.on_lost(error)
                 return False
-            for event in events:
-                sink.on_event(event)
-            sink.flush()
+            sink.on_events(events)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -410,25 +412,24 @@ class _Collector:
         self.done: asyncio.Future[tuple[int, bytes, bool]] = (
             asyncio.get_running_loop().create_future())
 
-    def on_event(self, event: http1.ResponseEvent) -> None:
-        if self.done.done():
-            return
-        if isinstance(event, http1.ResponseHead):
-            if event.status >= 200:
-                self.status = event.status
-                self.keep_alive = event.keep_alive
-        elif isinstance(event, http1.Data):
-            self.size += len(event.data)
-            if self.size > self.limit:
-                self.done.set_exception(UpstreamError("dockgate: the daemon's answer is "
-                                                      "too large"))
-                return
-            self.parts.append(bytes(event.data))
-        else:
-            self.done.set_result((self.status, b"".join(self.parts), self.keep_alive))
-
-    def flush(self) -> None:
-        return
+    def on_events(self, events: list[http1.ResponseEvent]) -> int:
+        for event in events:
+            if self.done.done():
+                break
+            if isinstance(event, http1.ResponseHead):
+                if event.status >= 200:
+                    self.status = event.status
+                    self.keep_alive = event.keep_alive
+            elif isinstance(event, http1.Data):
+                self.size += len(event.data)
+                if self.size > self.limit:
+                    self.done.set_exception(UpstreamError("dockgate: the daemon's answer is "
+                                                          "too large"))
+                    break
+                self.parts.append(bytes(event.data))
+            else:
+                self.done.set_result((self.status, b"".join(self.parts), self.keep_alive))
+        return len(events)
 
     def on_lost(self, error: UpstreamError) -> None:
         if not self.done.done():
