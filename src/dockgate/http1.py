@@ -263,15 +263,17 @@ class _ChunkedDecoder:
         return None, pos
 
     def _line(self, buf: bytes, pos: int, limit: int) -> bytes | None:
+        # find, not "in": bytes.__contains__ first tries its argument as an integer,
+        # and the TypeError it raises and clears costs more than the search.
         end = buf.find(b"\r\n", pos)
         if end < 0:
-            if b"\n" in buf[pos:] or len(buf) - pos > limit:
+            if buf.find(b"\n", pos) >= 0 or len(buf) - pos > limit:
                 raise self._error("invalid chunked body: bad line framing")
             return None
-        line = buf[pos:end]
-        if b"\n" in line or b"\r" in line or len(line) > limit:
+        if buf.find(b"\n", pos, end) >= 0 or buf.find(b"\r", pos, end) >= 0 \
+                or end - pos > limit:
             raise self._error("invalid chunked body: bad line framing")
-        return line
+        return buf[pos:end]
 
     def _next_size(self, buf: bytes, pos: int) -> tuple[Data | EndOfMessage | None, int]:
         after = self._size_line(buf, pos)
@@ -455,7 +457,7 @@ class RequestReader:
             # head is a pure function of its bytes, parsed once.
             head = self._last_head
         else:
-            if b"\r\n " in raw or b"\r\n\t" in raw:
+            if raw.find(b"\r\n ") >= 0 or raw.find(b"\r\n\t") >= 0:  # find: see _line
                 raise ProtocolError("malformed request: obsolete line folding in a header")
             # RFC 9112 3: method SP request-target SP HTTP-version, one space each. llhttp
             # lets "GET  / HTTP/1.1" through; Go's net/http reads it as another target.

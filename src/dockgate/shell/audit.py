@@ -159,7 +159,8 @@ class _Clock:
             if second != self.second:
                 self.second = second
                 self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self.stamp = f'{{"time":"{self.prefix}.{millisecond % 1000:03d}Z"'
+            fraction = format(millisecond % 1000, "03d")  # apart: see RequestRecord.write
+            self.stamp = f'{{"time":"{self.prefix}.{fraction}Z"'
         return self.stamp
 
 
