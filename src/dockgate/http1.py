@@ -444,19 +444,19 @@ class RequestReader:
         if size > self.max_header_bytes:
             raise HeadersTooLarge(f"request head larger than {self.max_header_bytes} bytes")
         raw = buf[pos:end + 4]
-        # Substring counts instead of the regexes: same tests, half the cost per request.
-        # Every LF belongs to a CRLF exactly when there are as many CRLFs as LFs.
-        crlf = raw.count(b"\r\n")
-        if raw.count(b"\n") != crlf:
-            raise ProtocolError("malformed request: bare LF line ending")
-        if raw.count(b"\r") != crlf:
-            # llhttp skips a bare CR before the request line; nothing after it would.
-            raise ProtocolError("malformed request: bare CR in the head")
         if raw == self._last_raw and self._last_head is not None:
             # A keep-alive client repeating itself (a poller, a health check): the
-            # head is a pure function of its bytes, parsed once.
+            # head is a pure function of its bytes, checked and parsed once.
             head = self._last_head
         else:
+            # Substring counts instead of the regexes: same tests, half the cost. Every
+            # LF belongs to a CRLF exactly when there are as many CRLFs as LFs.
+            crlf = raw.count(b"\r\n")
+            if raw.count(b"\n") != crlf:
+                raise ProtocolError("malformed request: bare LF line ending")
+            if raw.count(b"\r") != crlf:
+                # llhttp skips a bare CR before the request line; nothing after it would.
+                raise ProtocolError("malformed request: bare CR in the head")
             if raw.find(b"\r\n ") >= 0 or raw.find(b"\r\n\t") >= 0:  # find: see _line
                 raise ProtocolError("malformed request: obsolete line folding in a header")
             # RFC 9112 3: method SP request-target SP HTTP-version, one space each. llhttp
