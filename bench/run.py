@@ -212,11 +212,13 @@ def compiled_build(work: Path) -> Path:
 
 
 def dockgate_build(args: argparse.Namespace, work: Path, env: dict[str, str]) -> str:
-    """Point ``env`` at the build to measure (``--compiled``); what ``--version`` says."""
+    """Point ``env`` at the build to measure (``--compiled``); what ``--version`` says
+    (printed too)."""
     if args.compiled:
         env["PYTHONPATH"] = str(compiled_build(work))
     shown = subprocess.run([sys.executable, "-m", "dockgate", "--version"], env=env,
                            capture_output=True, text=True, check=True, timeout=60)
+    print(shown.stdout.strip(), flush=True)
     return shown.stdout.strip()
 
 
@@ -530,7 +532,6 @@ def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str,
             inspect_json=INSPECT_JSON, stream_path=STREAM_PATH))
         env = proxy_env({"LOG_LEVEL": args.log_level})
         info["dockgate"] = dockgate_build(args, work, env)
-        print(info["dockgate"], flush=True)
         nginx = ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g",
                  "daemon off;"]
 
@@ -637,7 +638,6 @@ def main(argv: list[str] | None = None) -> int:
         upstream = work / "upstream.sock"
         env = proxy_env({"LOG_LEVEL": args.log_level})
         info["dockgate"] = dockgate_build(args, work, env)
-        print(info["dockgate"], flush=True)
         nginx = ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g",
                  "daemon off;"]
         haproxy = ["haproxy", "-db", "-f", str(HAPROXY_CONFIG)]
