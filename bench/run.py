@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,6 +62,8 @@ CONTAINERS_JSON = json.dumps([{"Id": "0" * 64, "Names": ["/bench"], "Image": "bu
 INSPECT_JSON = json.dumps({"Id": "0" * 64, "Name": "/bench",
                            "Config": {"Image": "busybox", "Labels": {"app": "bench"}}})
 TARGETS = ("direct", "haproxy", "dockgate")
+# The floor rows: byte relays that parse nothing, one in C and one in Python on uvloop.
+FLOORS = ("tcp-relay", "uvloop-relay")
 LEARN_TARGETS = ("learn-off", "learn-on")
 LEARN_PATHS = ("/_ping", "/containers/json", "/containers/bench/json")
 
@@ -357,10 +359,32 @@ def table(loads: list[Load]) -> list[str]:
     return lines
 
 
+def floor_table(loads: list[Load]) -> list[str]:
+    """The floor rows beside the two HTTP proxies: what relaying bytes alone costs."""
+    by_key = {(load.target, load.path, load.connections): load for load in loads}
+    lines = ["| path | conns | req/s (TCP relay / uvloop relay) | CPU us/req (TCP relay / "
+             "uvloop relay / HAProxy / dockgate) | uvloop relay/HAProxy CPU | dockgate "
+             "above the uvloop relay, CPU us/req |", "|---|---:|---|---|---:|---:|"]
+    for path, connections in sorted({(load.path, load.connections) for load in loads
+                                     if load.target in FLOORS}):
+        tcp, py, haproxy, dockgate = (by_key[(target, path, connections)]
+                                      for target in (*FLOORS, "haproxy", "dockgate"))
+        cpu = " / ".join(f"{load.cpu_us_per_request:.1f}" for load in (tcp, py, haproxy, dockgate))
+        lines.append(
+            f"| {path} | {connections} | {tcp.requests_per_s:,.0f} / {py.requests_per_s:,.0f} | "
+            f"{cpu} | {ratio(py.cpu_us_per_request, haproxy.cpu_us_per_request):.2f}x | "
+            f"{dockgate.cpu_us_per_request - py.cpu_us_per_request:.1f} |")
+    return lines
+
+
 def summarize(loads: list[Load], daemon_loads: list[Load], streams: list[Stream],
               list_note: str) -> tuple[list[str], list[Verdict]]:
     """The Markdown table lines and the target verdicts."""
     lines = ["Fast upstream (nginx):", "", *table(loads)] if loads else []
+    if any(load.target in FLOORS for load in loads):
+        lines += ["", "Floor: byte relays that parse nothing, HAProxy in TCP mode and "
+                  "bench/relay.py on uvloop (as many processes as dockgate has workers):", "",
+                  *floor_table(loads)]
     if daemon_loads:
         lines += ["", f"Real dockerd ({list_note}):", "", *table(daemon_loads)]
     mbs = {s.target: s.megabytes_per_s for s in streams}
@@ -440,13 +464,14 @@ def bench_containers(socket_path: str) -> Iterator[str]:
 
 def measure(paths: list[str], connections: list[int], ports: dict[str, int],
             pids: dict[str, int], duration: int) -> list[Load]:
+    """wrk against every target in ``ports``, interleaved row by row."""
     loads: list[Load] = []
     for path in paths:
         for count in connections:
-            for target in TARGETS:
-                print(f"wrk {target:<8} GET {path:<24} c={count:<3} {duration}s ...", end=" ",
+            for target, port in ports.items():
+                print(f"wrk {target:<12} GET {path:<24} c={count:<3} {duration}s ...", end=" ",
                       flush=True)
-                load = wrk(target, ports[target], path, count, duration, pids[target])
+                load = wrk(target, port, path, count, duration, pids[target])
                 loads.append(load)
                 print(f"{load.requests_per_s:>9,.0f} req/s  p50 {load.p50_ms:.2f} ms  "
                       f"p99 {load.p99_ms:.2f} ms  {load.cpu_us_per_request:6.1f} CPU us/req "
@@ -465,6 +490,23 @@ def response_note(port: int, path: str) -> str:
     head, _, body = data.partition(b"\r\n\r\n")
     framing = "chunked" if b"transfer-encoding: chunked" in head.lower() else "with a length"
     return f"the list of {DAEMON_CONTAINERS} is {len(body):,} bytes on the wire, {framing}"
+
+
+@contextmanager
+def floor_relays(work: Path, upstream: Path, workers: int, env: dict[str, str]
+                 ) -> Iterator[dict[str, tuple[int, int]]]:
+    """The floor rows' two relays in front of ``upstream``: {target: (port, pid)}."""
+    ports = {target: free_port() for target in FLOORS}
+    (work / "tcp-relay.cfg").write_text(DIRECT_TCP_CONFIG.format(port=ports["tcp-relay"],
+                                                                 socket=upstream))
+    relay = [sys.executable, str(ROOT / "bench" / "relay.py"), "--listen",
+             f"127.0.0.1:{ports['uvloop-relay']}", "--upstream", str(upstream), "--workers",
+             str(workers)]
+    with (started(["haproxy", "-db", "-f", str(work / "tcp-relay.cfg")], env,
+                  ports["tcp-relay"], work / "tcp-relay.log") as tcp,
+          started(relay, env, ports["uvloop-relay"], work / "uvloop-relay.log") as python):
+        yield {"tcp-relay": (ports["tcp-relay"], tcp.pid),
+               "uvloop-relay": (ports["uvloop-relay"], python.pid)}
 
 
 def daemon_section(socket_path: str, work: Path, env: dict[str, str],
@@ -593,8 +635,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a real dockerd's unix socket for the real-daemon section "
                         "(needs the tests' busybox image; default $DOCKGATE_TEST_SOCKET, "
                         "skipped when unset)")
-    parser.add_argument("--sections", default="fast,daemon,stream",
-                        help="comma-separated: fast (nginx upstream), daemon, stream")
+    parser.add_argument("--sections", default="fast,floor,daemon,stream",
+                        help="comma-separated: fast (nginx upstream), floor (byte relays in "
+                        "front of the same nginx, measured with fast), daemon, stream")
     parser.add_argument("--metrics", action="store_true",
                         help="dockgate with its admin listener, so that every request is "
                         "also counted in the Prometheus metrics (off in a Tecnativa drop-in, "
@@ -650,15 +693,21 @@ def main(argv: list[str] | None = None) -> int:
                   started(haproxy, haproxy_env, ports["haproxy"],
                           work / "haproxy.log") as haproxy_process,
                   started(dockgate, env, ports["dockgate"],
-                          work / "dockgate.log") as dockgate_process):
+                          work / "dockgate.log") as dockgate_process,
+                  ExitStack() as more):
                 pids = {"direct": nginx_process.pid, "haproxy": haproxy_process.pid,
                         "dockgate": dockgate_process.pid}
-                for target in TARGETS:
-                    check(ports[target], "/_ping", b"OK")
-                    check(ports[target], "/containers/json", CONTAINERS_JSON.encode())
+                fast_ports = dict(ports)
+                if {"fast", "floor"} <= sections:
+                    for target, (port, pid) in more.enter_context(
+                            floor_relays(work, upstream, args.workers, env)).items():
+                        fast_ports[target], pids[target] = port, pid
+                for port in fast_ports.values():
+                    check(port, "/_ping", b"OK")
+                    check(port, "/containers/json", CONTAINERS_JSON.encode())
                 if "fast" in sections:
-                    loads = measure(["/_ping", "/containers/json"], connections, ports, pids,
-                                    args.duration)
+                    loads = measure(["/_ping", "/containers/json"], connections, fast_ports,
+                                    pids, args.duration)
                 if "stream" in sections:
                     streams = stream_section(ports)
         if "daemon" in sections:
