@@ -3,6 +3,7 @@
     python bench/run.py                 # about 3 minutes
     python bench/run.py --duration 10   # longer, steadier numbers
     python bench/run.py --daemon /var/run/docker.sock   # also the real-daemon section
+    python bench/run.py --rounds 3      # every row three times, interleaved: medians
     python bench/run.py --learn         # the recorder's cost: dockgate --learn on vs off
 
 A fast upstream (nginx on a unix socket, also on a loopback TCP port for the 'direct'
@@ -22,6 +23,13 @@ padding the list to about 16 KB, which dockerd sends chunked), ``GET
 /containers/{id}/json`` of one and ``GET /containers/json?all=1`` of the 20, at 1 and 10
 connections. Direct there means HAProxy in TCP mode (no HTTP parsing) in front of the
 daemon's unix socket, since wrk speaks TCP only. The containers are removed afterwards.
+
+The floor rows (section ``floor``) put two byte relays that parse nothing in front of
+the same nginx: HAProxy in TCP mode and bench/relay.py (Python on uvloop, as many
+processes as dockgate has workers). They cost what any proxy on this path pays for the
+loop, the sockets and the kernel; their table gives dockgate's CPU above the uvloop
+relay. With ``--rounds N`` every row runs N times, interleaved round by round, and each
+figure is the median of its N runs (the JSON keeps every run).
 
 Results: a table on stdout, and JSON plus Markdown in bench/results/ (gitignored).
 
@@ -463,20 +471,37 @@ def bench_containers(socket_path: str) -> Iterator[str]:
 
 
 def measure(paths: list[str], connections: list[int], ports: dict[str, int],
-            pids: dict[str, int], duration: int) -> list[Load]:
-    """wrk against every target in ``ports``, interleaved row by row."""
-    loads: list[Load] = []
-    for path in paths:
-        for count in connections:
-            for target, port in ports.items():
-                print(f"wrk {target:<12} GET {path:<24} c={count:<3} {duration}s ...", end=" ",
-                      flush=True)
-                load = wrk(target, port, path, count, duration, pids[target])
-                loads.append(load)
-                print(f"{load.requests_per_s:>9,.0f} req/s  p50 {load.p50_ms:.2f} ms  "
-                      f"p99 {load.p99_ms:.2f} ms  {load.cpu_us_per_request:6.1f} CPU us/req "
-                      f"{load.errors}", flush=True)
-    return loads
+            pids: dict[str, int], duration: int, rounds: int) -> tuple[list[Load], list[Load]]:
+    """wrk against every target in ``ports``, interleaved row by row, ``rounds`` times;
+    (the median of each figure per row, every run)."""
+    runs: list[Load] = []
+    for round_ in range(rounds):
+        prefix = f"round {round_ + 1}/{rounds} " if rounds > 1 else ""
+        for path in paths:
+            for count in connections:
+                for target, port in ports.items():
+                    print(f"{prefix}wrk {target:<12} GET {path:<24} c={count:<3} {duration}s ...",
+                          end=" ", flush=True)
+                    load = wrk(target, port, path, count, duration, pids[target])
+                    runs.append(load)
+                    print(f"{load.requests_per_s:>9,.0f} req/s  p50 {load.p50_ms:.2f} ms  "
+                          f"p99 {load.p99_ms:.2f} ms  {load.cpu_us_per_request:6.1f} CPU us/req "
+                          f"{load.errors}", flush=True)
+    return medians(runs), runs
+
+
+def medians(runs: list[Load]) -> list[Load]:
+    """One Load per (target, path, connections): the median of each figure over its runs."""
+    rows: dict[tuple[str, str, int], list[Load]] = {}
+    for load in runs:
+        rows.setdefault((load.target, load.path, load.connections), []).append(load)
+    return [Load(target, path, connections,
+                 median([load.requests_per_s for load in same]),
+                 median([load.p50_ms for load in same]), median([load.p99_ms for load in same]),
+                 " ".join(dict.fromkeys(load.errors for load in same if load.errors)),
+                 median([load.cpu_us_per_request for load in same]),
+                 median([load.kernel_us_per_request for load in same]))
+            for (target, path, connections), same in rows.items()]
 
 
 def response_note(port: int, path: str) -> str:
@@ -510,7 +535,7 @@ def floor_relays(work: Path, upstream: Path, workers: int, env: dict[str, str]
 
 
 def daemon_section(socket_path: str, work: Path, env: dict[str, str],
-                   args: argparse.Namespace) -> tuple[list[Load], str]:
+                   args: argparse.Namespace) -> tuple[list[Load], list[Load], str]:
     """direct (HAProxy TCP mode) / HAProxy (Tecnativa) / dockgate against a real dockerd."""
     ports = {target: free_port() for target in TARGETS}
     (work / "direct-tcp.cfg").write_text(DIRECT_TCP_CONFIG.format(port=ports["direct"],
@@ -530,12 +555,12 @@ def daemon_section(socket_path: str, work: Path, env: dict[str, str],
             check(ports[target], DAEMON_LIST, None)
         note = response_note(ports["dockgate"], DAEMON_LIST)
         pids = {"direct": direct.pid, "haproxy": haproxy.pid, "dockgate": proxy.pid}
-        loads = measure([inspect, DAEMON_LIST], list(DAEMON_CONNECTIONS), ports, pids,
-                        args.duration)
-    for load in loads:
+        loads, runs = measure([inspect, DAEMON_LIST], list(DAEMON_CONNECTIONS), ports, pids,
+                              args.duration, args.rounds)
+    for load in loads + runs:
         if load.path == inspect:
             load.path = "/containers/bench/json"  # one name across runs
-    return loads, note
+    return loads, runs, note
 
 
 def median(values: list[float]) -> float:
@@ -545,25 +570,21 @@ def median(values: list[float]) -> float:
 
 def learn_table(loads: list[Load]) -> list[str]:
     """learn-on vs learn-off per path and connection count (medians over the rounds)."""
+    by_key = {(load.target, load.path, load.connections): load for load in loads}
     lines = ["| path | conns | learn off req/s | learn on req/s | on/off | p50 ms off/on | "
              "p99 ms off/on |", "|---|---:|---:|---:|---:|---|---|"]
     for path, connections in sorted({(load.path, load.connections) for load in loads}):
-        rows = {target: [load for load in loads if (load.target, load.path, load.connections)
-                         == (target, path, connections)] for target in LEARN_TARGETS}
-        off, on = (median([load.requests_per_s for load in rows[t]]) for t in LEARN_TARGETS)
-        p50 = " / ".join(f"{median([load.p50_ms for load in rows[t]]):.2f}"
-                         for t in LEARN_TARGETS)
-        p99 = " / ".join(f"{median([load.p99_ms for load in rows[t]]):.2f}"
-                         for t in LEARN_TARGETS)
-        lines.append(f"| {path} | {connections} | {off:,.0f} | {on:,.0f} | "
-                     f"{ratio(on, off):.2f}x | {p50} | {p99} |")
+        off, on = (by_key[(target, path, connections)] for target in LEARN_TARGETS)
+        lines.append(f"| {path} | {connections} | {off.requests_per_s:,.0f} | "
+                     f"{on.requests_per_s:,.0f} | "
+                     f"{ratio(on.requests_per_s, off.requests_per_s):.2f}x | "
+                     f"{off.p50_ms:.2f} / {on.p50_ms:.2f} | {off.p99_ms:.2f} / {on.p99_ms:.2f} |")
     return lines
 
 
 def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str, str],
                argv: list[str] | None) -> int:
     """``--learn``: dockgate with and without --learn, interleaved, same upstream."""
-    loads: list[Load] = []
     with tempfile.TemporaryDirectory(prefix="dockgate-bench-") as tmp:
         work = Path(tmp)
         (work / "stream.bin").touch()
@@ -588,17 +609,9 @@ def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str,
             pids = {"learn-off": off.pid, "learn-on": on.pid}
             for target in LEARN_TARGETS:
                 check(ports[target], "/containers/bench/json", INSPECT_JSON.encode())
-            for round_ in range(args.rounds):
-                for path in LEARN_PATHS:
-                    for count in connections:
-                        for target in LEARN_TARGETS:
-                            print(f"round {round_ + 1} wrk {target:<9} GET {path:<22} "
-                                  f"c={count:<3} {args.duration}s ...", end=" ", flush=True)
-                            load = wrk(target, ports[target], path, count, args.duration,
-                                       pids[target])
-                            loads.append(load)
-                            print(f"{load.requests_per_s:>9,.0f} req/s  p50 "
-                                  f"{load.p50_ms:.2f} ms {load.errors}", flush=True)
+            loads, runs = measure(list(LEARN_PATHS), connections,
+                                  {target: ports[target] for target in LEARN_TARGETS}, pids,
+                                  args.duration, args.rounds or 2)
         recorded = sum(1 for _ in (work / "learn.jsonl").open())
     table = learn_table(loads)
     print("\n" + "\n".join(table) + f"\n\n{recorded:,} learn records written")
@@ -606,9 +619,9 @@ def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str,
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     document = {"time": stamp, "command": command.strip(), "machine": info,
-                "duration_s": args.duration, "rounds": args.rounds,
+                "duration_s": args.duration, "rounds": args.rounds or 2,
                 "dockgate_workers": args.workers, "loads": [asdict(load) for load in loads],
-                "learn_records": recorded}
+                "runs": [asdict(load) for load in runs], "learn_records": recorded}
     (RESULTS / f"learn-{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
     (RESULTS / f"learn-{stamp}.md").write_text("\n".join(
         [f"# dockgate --learn cost {stamp}", "", f"`{command.strip()}` on {info['nproc']} "
@@ -649,8 +662,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learn", action="store_true",
                         help="measure the learn recorder instead: dockgate with and without "
                         "--learn, interleaved")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="with --learn: interleaved rounds (medians are reported)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="run every row this many times, interleaved, and report the "
+                        "median of each figure (default 1; 2 with --learn); 3 or more "
+                        "steadies a noisy machine")
     args = parser.parse_args(argv)
     connections = [int(c) for c in args.connections.split(",")]
     sections = set(args.sections.split(","))
@@ -665,8 +680,11 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: the machine is busy; numbers will be noisy", flush=True)
     if args.learn:
         return learn_main(args, connections, info, argv)
+    args.rounds = args.rounds or 1
     loads: list[Load] = []
     daemon_loads: list[Load] = []
+    runs: list[Load] = []
+    daemon_runs: list[Load] = []
     streams: list[Stream] = []
     list_note = ""
     with tempfile.TemporaryDirectory(prefix="dockgate-bench-") as tmp:
@@ -706,13 +724,14 @@ def main(argv: list[str] | None = None) -> int:
                     check(port, "/_ping", b"OK")
                     check(port, "/containers/json", CONTAINERS_JSON.encode())
                 if "fast" in sections:
-                    loads = measure(["/_ping", "/containers/json"], connections, fast_ports,
-                                    pids, args.duration)
+                    loads, runs = measure(["/_ping", "/containers/json"], connections,
+                                          fast_ports, pids, args.duration, args.rounds)
                 if "stream" in sections:
                     streams = stream_section(ports)
         if "daemon" in sections:
             if args.daemon:
-                daemon_loads, list_note = daemon_section(args.daemon, work, env, args)
+                daemon_loads, daemon_runs, list_note = daemon_section(args.daemon, work, env,
+                                                                      args)
             else:
                 print("no --daemon (or DOCKGATE_TEST_SOCKET): real-daemon section skipped")
     lines, verdicts = summarize(loads, daemon_loads, streams, list_note)
@@ -721,18 +740,21 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     document = {"time": stamp, "command": command.strip(), "machine": info,
-                "duration_s": args.duration, "log_level": args.log_level,
-                "dockgate_workers": args.workers,
+                "duration_s": args.duration, "rounds": args.rounds,
+                "log_level": args.log_level, "dockgate_workers": args.workers,
                 "loads": [asdict(load) for load in loads],
                 "daemon_loads": [asdict(load) for load in daemon_loads],
+                "runs": [asdict(load) for load in runs + daemon_runs],
                 "streams": [asdict(s) for s in streams],
                 "targets": [asdict(v) for v in verdicts]}
+    rounds = (f"the median of {args.rounds} interleaved rounds per row; " if args.rounds > 1
+              else "")
     markdown = [f"# dockgate benchmark {stamp}", "",
                 f"`{command.strip()}` on {info['nproc']} CPUs ({info['cpu']}), Linux "
                 f"{info['kernel']}, Python {info['python']}; {info['haproxy']}; "
                 f"{info['nginx']}; {info['dockgate']}, --workers {args.workers}"
                 f"{' with metrics (--admin-listen)' if args.metrics else ''}; "
-                f"LOG_LEVEL={args.log_level} for both proxies; load average "
+                f"LOG_LEVEL={args.log_level} for both proxies; {rounds}load average "
                 f"{info['loadavg_at_start']} at start.", "", *lines]
     for name in (f"bench-{stamp}", "latest"):
         (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
