@@ -31,6 +31,8 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: _Side | None = None
         self.pending: list[bytes] = []
+        self.eof = False  # received before the peer was connected
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
@@ -44,11 +46,25 @@ class _Side(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         peer = self.peer
-        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
+        if peer is None or peer.transport is None:
+            self.eof = True
+        elif peer.transport.can_write_eof():
             peer.transport.write_eof()
         return True
 
+    def paired(self, peer: _Side) -> None:
+        """Both ends are connected: pass on what came before that."""
+        self.peer = peer
+        assert peer.transport is not None
+        peer.transport.writelines(self.pending)
+        self.pending.clear()
+        if self.lost:
+            peer.transport.close()  # after what was written: close flushes first
+        elif self.eof:
+            peer.transport.write_eof()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.close()
 
@@ -73,18 +89,17 @@ class _Client(_Side):
     async def _connect(self) -> None:
         assert self.transport is not None
         try:
-            _, daemon = await asyncio.get_running_loop().create_unix_connection(
+            transport, daemon = await asyncio.get_running_loop().create_unix_connection(
                 _Side, self.upstream)
         except OSError:
             self.transport.close()
             return
-        daemon.peer, self.peer = self, daemon
         if self.transport.is_closing():
-            daemon.transport.close()  # type: ignore[union-attr]
+            transport.close()
             return
-        for data in self.pending:
-            daemon.transport.write(data)  # type: ignore[union-attr]
-        self.pending.clear()
+        # The daemon's side may have read bytes (or its EOF) before this await returned.
+        self.paired(daemon)
+        daemon.paired(self)
 
 
 async def _serve(listener: socket.socket, upstream: str) -> None:
