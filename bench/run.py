@@ -1,6 +1,6 @@
 """dockgate vs HAProxy (Tecnativa's rules) vs direct access, in one run.
 
-    python bench/run.py                 # about 3 minutes
+    python bench/run.py                 # about 5 minutes with the real-daemon section
     python bench/run.py --duration 10   # longer, steadier numbers
     python bench/run.py --daemon /var/run/docker.sock   # also the real-daemon section
     python bench/run.py --rounds 3      # every row three times, interleaved: medians
