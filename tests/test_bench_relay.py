@@ -22,18 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port, wait_for_port
+
 RELAY = Path(__file__).resolve().parent.parent / "bench" / "relay.py"
 BIG = 64 << 20  # far beyond the socket and transport buffers: backpressure must engage
 
 Handler = Callable[[socket.socket], None]
 StartRelay = Callable[[Handler], tuple[int, "subprocess.Popen[bytes]"]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -76,14 +71,7 @@ def relay(tmp_path: Path) -> Iterator[StartRelay]:
         process = subprocess.Popen([sys.executable, str(RELAY), "--listen", f"127.0.0.1:{port}",
                                     "--upstream", path, "--workers", "2"])
         started.append((server, process))
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the relay never listened"
-                time.sleep(0.05)
+        wait_for_port(port)
         return port, process
 
     yield start
