@@ -25,56 +25,57 @@ import uvloop
 
 
 class _Side(asyncio.Protocol):
-    """One end of a relayed pair; ``peer`` is the other end once both are connected."""
+    """One end of a relayed pair; ``out`` is the other end's transport once both are
+    connected."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.peer: _Side | None = None
-        self.pending: list[bytes] = []
-        self.eof = False  # received before the peer was connected
+        self.out: asyncio.Transport | None = None
+        self.pending: list[bytes] = []  # what came before the pair was made
+        self.eof = False
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
 
     def data_received(self, data: bytes) -> None:
-        peer = self.peer
-        if peer is None or peer.transport is None:
+        out = self.out
+        if out is None:
             self.pending.append(data)
-        else:
-            peer.transport.write(data)
+        elif not out.is_closing():  # the other end is gone: nobody reads this
+            out.write(data)
 
     def eof_received(self) -> bool:
-        peer = self.peer
-        if peer is None or peer.transport is None:
+        out = self.out
+        if out is None:
             self.eof = True
-        elif peer.transport.can_write_eof():
-            peer.transport.write_eof()
+        elif not out.is_closing() and out.can_write_eof():
+            out.write_eof()
         return True
 
     def paired(self, peer: _Side) -> None:
         """Both ends are connected: pass on what came before that."""
-        self.peer = peer
         assert peer.transport is not None
-        peer.transport.writelines(self.pending)
+        self.out = out = peer.transport
+        out.writelines(self.pending)
         self.pending.clear()
         if self.lost:
-            peer.transport.close()  # after what was written: close flushes first
+            out.close()  # after what was written: close flushes first
         elif self.eof:
-            peer.transport.write_eof()
+            out.write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
+        if self.out is not None:
+            self.out.close()
 
     def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+        if self.out is not None:
+            self.out.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
+        if self.out is not None:
+            self.out.resume_reading()
 
 
 class _Client(_Side):
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes sharing the listening socket")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        parser.error(f"--listen {args.listen!r}: write HOST:PORT, e.g. 127.0.0.1:2380")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, int(port)))
