@@ -611,7 +611,7 @@ def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str,
                 check(ports[target], "/containers/bench/json", INSPECT_JSON.encode())
             loads, runs = measure(list(LEARN_PATHS), connections,
                                   {target: ports[target] for target in LEARN_TARGETS}, pids,
-                                  args.duration, args.rounds or 2)
+                                  args.duration, args.rounds)
         recorded = sum(1 for _ in (work / "learn.jsonl").open())
     table = learn_table(loads)
     print("\n" + "\n".join(table) + f"\n\n{recorded:,} learn records written")
@@ -619,7 +619,7 @@ def learn_main(args: argparse.Namespace, connections: list[int], info: dict[str,
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     document = {"time": stamp, "command": command.strip(), "machine": info,
-                "duration_s": args.duration, "rounds": args.rounds or 2,
+                "duration_s": args.duration, "rounds": args.rounds,
                 "dockgate_workers": args.workers, "loads": [asdict(load) for load in loads],
                 "runs": [asdict(load) for load in runs], "learn_records": recorded}
     (RESULTS / f"learn-{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
@@ -667,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
                         "median of each figure (default 1; 2 with --learn); 3 or more "
                         "steadies a noisy machine")
     args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 2 if args.learn else 1
+    elif args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     connections = [int(c) for c in args.connections.split(",")]
     sections = set(args.sections.split(","))
     for tool in ("nginx", "haproxy", "wrk", "curl", "docker"):
@@ -680,7 +684,6 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: the machine is busy; numbers will be noisy", flush=True)
     if args.learn:
         return learn_main(args, connections, info, argv)
-    args.rounds = args.rounds or 1
     loads: list[Load] = []
     daemon_loads: list[Load] = []
     runs: list[Load] = []
@@ -747,14 +750,14 @@ def main(argv: list[str] | None = None) -> int:
                 "runs": [asdict(load) for load in runs + daemon_runs],
                 "streams": [asdict(s) for s in streams],
                 "targets": [asdict(v) for v in verdicts]}
-    rounds = (f"the median of {args.rounds} interleaved rounds per row; " if args.rounds > 1
-              else "")
+    rounds_note = (f"the median of {args.rounds} interleaved rounds per row; "
+                   if args.rounds > 1 else "")
     markdown = [f"# dockgate benchmark {stamp}", "",
                 f"`{command.strip()}` on {info['nproc']} CPUs ({info['cpu']}), Linux "
                 f"{info['kernel']}, Python {info['python']}; {info['haproxy']}; "
                 f"{info['nginx']}; {info['dockgate']}, --workers {args.workers}"
                 f"{' with metrics (--admin-listen)' if args.metrics else ''}; "
-                f"LOG_LEVEL={args.log_level} for both proxies; {rounds}load average "
+                f"LOG_LEVEL={args.log_level} for both proxies; {rounds_note}load average "
                 f"{info['loadavg_at_start']} at start.", "", *lines]
     for name in (f"bench-{stamp}", "latest"):
         (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
