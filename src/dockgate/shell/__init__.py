@@ -14,5 +14,6 @@ Imports go one way: proxy -> connection -> forward -> relay -> upstream, and
 connection -> hijack -> upstream; audit and listeners use nothing of the shell.
 Nothing reaches back by import: a flight reports to its connection through
 ``forward.Origin``, the relay through ``relay.Downstream`` (a few callbacks), a
-hijacked session through two callables.
+hijacked session through two callables, and a connection asks its proxy through
+``connection.Host``: traits the connection and the proxy name as bases.
 """

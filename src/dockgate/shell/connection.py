@@ -41,8 +41,11 @@ import dataclasses
 import json
 import logging
 import time
+from abc import abstractmethod
 from collections.abc import Coroutine
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
+
+from mypy_extensions import trait
 
 from dockgate import http1, learnlog, metrics, routes
 from dockgate.decision import (
@@ -59,7 +62,7 @@ from dockgate.decision import (
 from dockgate.errors import BodyTooLarge, HTTPError, Overloaded, ProtocolError, RequestTimeout
 from dockgate.settings import Settings
 from dockgate.shell import audit
-from dockgate.shell.forward import CONTINUE, ClientGoneError, Flight, upstream_head
+from dockgate.shell.forward import CONTINUE, ClientGoneError, Flight, Origin, upstream_head
 from dockgate.shell.hijack import Session
 from dockgate.shell.listeners import Identifier, Listener, client_for
 from dockgate.shell.relay import Outcome
@@ -105,7 +108,8 @@ def _valid_target(target: str) -> bool:
     return True
 
 
-class Host(Protocol):
+@trait
+class Host:
     """What a connection needs from the proxy that accepted it (``proxy.Proxy``)."""
 
     settings: Settings
@@ -117,14 +121,16 @@ class Host(Protocol):
     connections: set[ClientConnection]
 
     @property
+    @abstractmethod
     def directory(self) -> Identifier | None:
         """Which container a client is, while some clients: rule names containers."""
 
+    @abstractmethod
     def check_quiet(self) -> None:
         """During shutdown: note when no plain request is in flight any more."""
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(asyncio.Protocol, Origin):
     """One client connection; see the module docstring."""
 
     def __init__(self, proxy: Host, listener: Listener) -> None:

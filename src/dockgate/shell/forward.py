@@ -14,8 +14,11 @@ this module knows nothing of the connection class.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Coroutine
-from typing import Any, Final, Protocol
+from typing import Any, Final
+
+from mypy_extensions import trait
 
 from dockgate import http1, metrics, routes
 from dockgate.decision import Allow
@@ -30,37 +33,42 @@ class ClientGoneError(Exception):
     """The client closed its connection while we still needed its bytes."""
 
 
-class Origin(Downstream, Protocol):
+@trait
+class Origin(Downstream):
     """What a flight needs from the client connection that made it."""
 
+    lost: bool
+    eof: bool  # the client has half-closed its side
+
     @property
+    @abstractmethod
     def pool(self) -> Upstream: ...
 
-    @property
-    def lost(self) -> bool: ...
-
-    @property
-    def eof(self) -> bool:
-        """The client has half-closed its side."""
-
+    @abstractmethod
     def write(self, data: bytes) -> None:
         """Write to the client (the interim 100 Continue)."""
 
+    @abstractmethod
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run waiting that is inherent in a task."""
 
+    @abstractmethod
     async def next_body_event(self) -> http1.Data | http1.EndOfMessage:
         """The client's next body bytes, or its end; ClientGoneError or ProtocolError."""
 
+    @abstractmethod
     def attach(self, conn: UpstreamConnection | None, stream: routes.Stream | None) -> None:
         """The daemon connection now carrying a request of this kind (None: none now)."""
 
+    @abstractmethod
     def landed(self, keep: bool, status: int) -> None:
         """Relayed; ``keep``: the connection may carry the client's next request."""
 
+    @abstractmethod
     def refused(self, status: int, message: str, close: bool) -> None:
         """Nothing reached the client yet: answer ``status`` with ``message``."""
 
+    @abstractmethod
     def broken(self, status: int) -> None:
         """Part of an answer (or nothing, the client being gone) went out: abort."""
 

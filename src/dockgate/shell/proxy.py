@@ -26,7 +26,7 @@ from dockgate.decision import Decider
 from dockgate.errors import ConfigError
 from dockgate.settings import Settings
 from dockgate.shell import audit
-from dockgate.shell.connection import ClientConnection
+from dockgate.shell.connection import ClientConnection, Host
 from dockgate.shell.containers import ContainerDirectory, names_containers
 from dockgate.shell.listeners import (
     BoundListener,
@@ -42,7 +42,7 @@ from dockgate.shell.workers import SIGNALS, Supervisor
 log = logging.getLogger("dockgate.proxy")
 
 
-class Proxy:
+class Proxy(Host):
     """Listeners, the active decider, the upstream pool and the open connections."""
 
     def __init__(self, settings: Settings, decider: Decider) -> None:
@@ -57,17 +57,22 @@ class Proxy:
         self.owns_files = False
         self.quiet: asyncio.Event | None = None
         self.recorder = learnlog.recorder(settings)
-        self.directory: ContainerDirectory | None = None
+        self._directory: ContainerDirectory | None = None
+
+    @property
+    def directory(self) -> ContainerDirectory | None:
+        """The directory of running containers, while some client rule names one."""
+        return self._directory
 
     def follow_containers(self) -> None:
         """Keep the directory of running containers while some client rule names one."""
         if names_containers(self.decider):
-            if self.directory is None:
-                self.directory = ContainerDirectory(self.upstream)
-                self.directory.start()
-        elif self.directory is not None:
-            self.directory.stop()
-            self.directory = None
+            if self._directory is None:
+                self._directory = ContainerDirectory(self.upstream)
+                self._directory.start()
+        elif self._directory is not None:
+            self._directory.stop()
+            self._directory = None
 
     async def start(self, bound: list[BoundListener] | None = None) -> None:
         """Serve on ``bound`` (sockets a supervisor bound before forking), else bind now.
@@ -129,8 +134,8 @@ class Proxy:
             await asyncio.wait_for(self.quiet.wait(), self.settings.shutdown_grace)
         for conn in list(self.connections):
             conn.close()
-        if self.directory is not None:
-            self.directory.stop()
+        if self._directory is not None:
+            self._directory.stop()
         self.upstream.close_all()
         if self.owns_files:
             remove_socket_files(self.listeners)

@@ -22,7 +22,10 @@ returns the peer that takes the raw bytes from then on.
 from __future__ import annotations
 
 import json
-from typing import Final, Literal, Protocol
+from abc import abstractmethod
+from typing import Final, Literal
+
+from mypy_extensions import trait
 
 from dockgate import http1, routes
 from dockgate.decision import ErrorAnswer, ResponseFilter
@@ -40,21 +43,27 @@ RAW_STREAM_TYPES: Final = (b"application/vnd.docker.raw-stream",
 Outcome = Literal["done", "lost", "broken", "switch"]
 
 
-class Downstream(Protocol):
+@trait
+class Downstream:
     """What an exchange needs from the client side of the connection."""
 
     @property
+    @abstractmethod
     def shutting_down(self) -> bool: ...
 
+    @abstractmethod
     def send(self, parts: list[bytes | memoryview]) -> None:
         """Write response bytes to the client (counted as bytes out)."""
 
+    @abstractmethod
     def stream_opened(self, status: int) -> None:
         """A long-lived stream's head is on its way: it no longer holds up shutdown."""
 
+    @abstractmethod
     def switched(self, head: bytes) -> RawPeer:
         """The daemon left HTTP: write ``head``; the returned peer takes the raw bytes."""
 
+    @abstractmethod
     def exchange_done(self, outcome: Outcome) -> None:
         """The exchange ended (called once)."""
 
