@@ -372,7 +372,8 @@ def floor_table(loads: list[Load]) -> list[str]:
     by_key = {(load.target, load.path, load.connections): load for load in loads}
     lines = ["| path | conns | req/s (TCP relay / uvloop relay) | CPU us/req (TCP relay / "
              "uvloop relay / HAProxy / dockgate) | uvloop relay/HAProxy CPU | dockgate "
-             "above the uvloop relay, CPU us/req |", "|---|---:|---|---|---:|---:|"]
+             "above the uvloop relay, CPU us/req | of which kernel |",
+             "|---|---:|---|---|---:|---:|---:|"]
     for path, connections in sorted({(load.path, load.connections) for load in loads
                                      if load.target in FLOORS}):
         tcp, py, haproxy, dockgate = (by_key[(target, path, connections)]
@@ -381,7 +382,8 @@ def floor_table(loads: list[Load]) -> list[str]:
         lines.append(
             f"| {path} | {connections} | {tcp.requests_per_s:,.0f} / {py.requests_per_s:,.0f} | "
             f"{cpu} | {ratio(py.cpu_us_per_request, haproxy.cpu_us_per_request):.2f}x | "
-            f"{dockgate.cpu_us_per_request - py.cpu_us_per_request:.1f} |")
+            f"{dockgate.cpu_us_per_request - py.cpu_us_per_request:.1f} | "
+            f"{dockgate.kernel_us_per_request - py.kernel_us_per_request:.1f} |")
     return lines
 
 

@@ -369,6 +369,22 @@ def test_hop_by_hop_headers_are_stripped() -> None:
     assert head.end_to_end == [(b"Content-Type", b"application/json"), (b"Host", b"docker")]
 
 
+def test_the_head_carries_its_first_user_agent_as_text() -> None:
+    """What the audit line's user_agent says: the first User-Agent, as Latin-1 text."""
+    reader = http1.RequestReader(65536)
+    reader.feed(b"GET /_ping HTTP/1.1\r\nHost: d\r\nuser-AGENT: docker/28.0 \xe9\r\n"
+                b"User-Agent: second\r\n\r\nGET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+    first = reader.next_event()
+    assert isinstance(first, http1.RequestHead)
+    assert first.user_agent == "docker/28.0 \u00e9"
+    assert first.user_agent.encode("latin-1") == first.get(b"user-agent")
+    assert reader.next_event() is http1.END
+    reader.start_next()
+    second = reader.next_event()
+    assert isinstance(second, http1.RequestHead)
+    assert second.user_agent is None
+
+
 def test_serialized_heads_round_trip_through_h11() -> None:
     """What we write upstream is valid HTTP/1.1 to an independent parser."""
     data = http1.request_head("POST", "/v1.41/containers/x/start?a=b",

@@ -240,6 +240,7 @@ class TecnativaDecider:
         _check_variant(variant)
         self.hints = hints  # False: denials without the how-to-allow hint (see _hint)
         self.variant = variant
+        self.name = f"compat:{variant}"  # read on every request (the audit line's policy)
         self.on = dict(on)
         self._actions = _action_rules(variant)
         self._sections = _section_rules(variant)
@@ -249,10 +250,6 @@ class TecnativaDecider:
         # shell hands the same Request object for a repeated target (connection.route),
         # and the entry keeps it alive, so an id is never reused while it is here.
         self._memo: dict[int, tuple[Request, Decision]] = {}
-
-    @property
-    def name(self) -> str:
-        return f"compat:{self.variant}"
 
     def decide(self, client: Client, request: Request, facts: Facts) -> Decision:
         memo = self._memo.get(id(request))

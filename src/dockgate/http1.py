@@ -100,6 +100,7 @@ class RequestHead:
     end_to_end: Headers             # ``headers`` without the hop-by-hop fields
     has_host: bool
     has_body: bool                  # a field, not a property: read several times a request
+    user_agent: str | None          # the first User-Agent, for the audit line
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lowercase), or None."""
@@ -420,6 +421,8 @@ class RequestReader:
                 self._state = "done"
             return event
         if state == "head":
+            if self._pos == len(self._buf):
+                return NEED_DATA  # between requests: nothing buffered
             return self._head()
         return NEED_DATA
 
@@ -517,12 +520,15 @@ def _frame(method: str, target: str, version: str, headers: Headers, size: int) 
     # The end-to-end fields are gathered in the same pass that validates framing,
     # so the forwarded head costs no second walk over the fields (one per request).
     kept: list[tuple[bytes, bytes, bytes]] = []
+    user_agent: str | None = None
     for name, value in headers:
         key = name.lower()
         if key not in HOP_BY_HOP and not key.startswith(b"proxy-"):
             kept.append((key, name, value))
             if key == b"host":
                 hosts += 1
+            elif key == b"user-agent" and user_agent is None:
+                user_agent = value.decode("latin-1")
             continue
         if key == b"content-length":
             if content_length is not None:
@@ -558,7 +564,7 @@ def _frame(method: str, target: str, version: str, headers: Headers, size: int) 
     return RequestHead(method, target, version, headers, keep_alive, content_length,
                        chunked, upgrade, expect_continue, size,
                        _end_to_end(kept, connection), hosts > 0,
-                       chunked or bool(content_length))
+                       chunked or bool(content_length), user_agent)
 
 
 def _end_to_end(kept: list[tuple[bytes, bytes, bytes]], named: set[bytes]) -> Headers:

@@ -425,6 +425,7 @@ class PolicyDecider:
                  default: str | None, warnings: tuple[str, ...] = (),
                  grant_hint: str | None = None) -> None:
         self.label = label
+        self.name = f"policy:{label}"  # read on every request (the audit line's policy)
         # How to grant a missing operation, in the denial; None: the narrowest grant.
         self.grant_hint = grant_hint
         # What the daemon does by default, for create bodies (serve sets it at start).
@@ -436,10 +437,6 @@ class PolicyDecider:
         self.listeners = {normalize_listener(url): policy for url, policy in listeners.items()}
         self.default = default
         self.warnings = warnings
-
-    @property
-    def name(self) -> str:
-        return f"policy:{self.label}"
 
     @property
     def watched(self) -> tuple[tuple[str, tuple[int, int, int] | None], ...]:

@@ -453,7 +453,8 @@ class ClientConnection(asyncio.Protocol, Origin):
                 if self.eof or (idle and self.proxy.shutting_down):
                     self._close()
                     return
-                self._resume("buffer")  # paused while pipelined bytes piled up
+                if self._paused_for:
+                    self._resume("buffer")  # paused while pipelined bytes piled up
                 self._await_head("idle" if idle else "header")
                 return
         except Exception:
@@ -516,9 +517,7 @@ class ClientConnection(asyncio.Protocol, Origin):
             # a container changing), or before a reload started or stopped it: ask
             # again, in memory, before each request.
             self._identify(self.transport)
-        agent = head.get(b"user-agent")
-        self._record = record = audit.RequestRecord(
-            head.method, head.target, agent.decode("latin-1") if agent is not None else None)
+        self._record = record = audit.RequestRecord(head.method, head.target, head.user_agent)
         try:
             request = route(head.method, head.target)
         except HTTPError as error:

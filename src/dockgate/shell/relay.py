@@ -115,7 +115,8 @@ class Exchange:
                 self._head(event)
             else:
                 self._end()
-        self.flush()
+        if self.out:
+            self.flush()
         return taken
 
     def flush(self) -> None:
