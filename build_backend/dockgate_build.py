@@ -27,11 +27,11 @@ __all__ = ["COMPILED", "build_editable", "build_sdist", "build_wheel", "compile_
            "get_requires_for_build_wheel", "prepare_metadata_for_build_editable",
            "prepare_metadata_for_build_wheel"]
 
-# The request path: framing, routing, the Tecnativa and policy decisions, the audit
-# line, the metrics and the shell's connection, flight, relay, upstream pool and
-# proxy (whose Host trait the connection calls natively).
+# The request path: framing, routing, the decision values, the Tecnativa and policy
+# deciders, the audit line, the metrics and the shell's connection, flight, relay,
+# upstream pool and proxy (whose Host trait the connection calls natively).
 COMPILED = [f"src/dockgate/{name}.py" for name in (
-    "http1", "routes", "compat", "policy_decider", "policy_match", "metrics",
+    "http1", "routes", "decision", "compat", "policy_decider", "policy_match", "metrics",
     "shell/audit", "shell/connection", "shell/forward", "shell/relay", "shell/upstream",
     "shell/proxy")]
 

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from dockgate.errors import UpstreamError
 from dockgate.routes import LIBPOD_REFUSED, Match, Target, is_libpod
 
@@ -240,6 +242,7 @@ def libpod_refusal(request: Request) -> Deny | None:
                 status=404, rule="libpod")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class AllowAll:
     """Forwards every routable request. For tests and explicit ``--allow-all`` only."""
 
@@ -253,6 +256,7 @@ class AllowAll:
         return Allow(rule="allow-all")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class DenyAll:
     """Denies everything: the default for a client no policy names."""
 
