@@ -208,6 +208,26 @@ def test_bad_requests_raise_protocol_error_whole_and_byte_by_byte(name: str) -> 
             parse_requests(BAD[name], step)
 
 
+def test_chunk_size_lines_are_limited_to_4096_bytes_both_ways() -> None:
+    """The size line read in place (the fast path) keeps the line-by-line limit:
+    4,096 bytes with its extensions pass, one more is refused, whole or byte by byte,
+    in requests and in the daemon's responses."""
+    def body(line_length: int) -> bytes:
+        line = b"2;x=" + b"a" * (line_length - 4)
+        assert len(line) == line_length
+        return line + b"\r\nhi\r\n0\r\n\r\n"
+
+    request = b"POST /build HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for step in (None, 1):
+        assert [b for _, b in parse_requests(request + body(4096), step)] == [b"hi"]
+        with pytest.raises(ProtocolError):
+            parse_requests(request + body(4097), step)
+        assert read_response(response + body(4096), step=step)[1] == b"hi"
+        with pytest.raises(UpstreamError):
+            read_response(response + body(4097), step=step)
+
+
 def test_head_over_the_limit_is_431() -> None:
     """An oversized head is refused before its end arrives, so memory stays bounded."""
     reader = http1.RequestReader(1024)

@@ -56,6 +56,9 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _CHUNK_SIZE: Final = re.compile(
     rb"([0-9A-Fa-f]{1,16})(?:;" + _TOKEN + rb'(?:=(?:' + _TOKEN + rb'|"[^"\r\n]*"))?)*'
 )
+# The same with its CRLF, matched in place: no other CR or LF can be in the line, so a
+# match is exactly a well-formed size line (the fast path of _size_line).
+_CHUNK_SIZE_LINE: Final = re.compile(_CHUNK_SIZE.pattern + rb"\r\n")
 # A trailer field: a token name, a value without control bytes but HTAB (RFC 9110 5.5).
 _TRAILER_FIELD: Final = re.compile(_TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*")
 # Response heads from the daemon: a token name, a value (and a reason phrase) without
@@ -268,7 +271,9 @@ class _ChunkedDecoder:
         # and the TypeError it raises and clears costs more than the search.
         end = buf.find(b"\r\n", pos)
         if end < 0:
-            if buf.find(b"\n", pos) >= 0 or len(buf) - pos > limit:
+            # limit + 1: a line of ``limit`` bytes may be buffered with its CR, its LF
+            # still to come (it passes when it comes whole).
+            if buf.find(b"\n", pos) >= 0 or len(buf) - pos > limit + 1:
                 raise self._error("invalid chunked body: bad line framing")
             return None
         if buf.find(b"\n", pos, end) >= 0 or buf.find(b"\r", pos, end) >= 0 \
@@ -286,12 +291,18 @@ class _ChunkedDecoder:
 
     def _size_line(self, buf: bytes, pos: int) -> int | None:
         """Read the chunk size line at ``pos``: the position after it, None if incomplete."""
-        line = self._line(buf, pos, _MAX_CHUNK_LINE)
-        if line is None:
-            return None
-        match = _CHUNK_SIZE.fullmatch(line)
-        if match is None:
-            raise self._error(f"invalid chunked body: bad chunk size line {line[:40]!r}")
+        match = _CHUNK_SIZE_LINE.match(buf, pos)
+        if match is not None and match.end() - pos <= _MAX_CHUNK_LINE + 2:
+            after = match.end()
+        else:
+            # Incomplete, too long or malformed: the line-by-line checks say which.
+            line = self._line(buf, pos, _MAX_CHUNK_LINE)
+            if line is None:
+                return None
+            match = _CHUNK_SIZE.fullmatch(line)
+            if match is None:
+                raise self._error(f"invalid chunked body: bad chunk size line {line[:40]!r}")
+            after = pos + len(line) + 2
         size = int(match.group(1), 16)
         if size == 0:
             self.last_chunk_at = pos
@@ -299,7 +310,7 @@ class _ChunkedDecoder:
         else:
             self._state = "data"
             self._remaining = size
-        return pos + len(line) + 2
+        return after
 
     def skip(self, buf: bytes, pos: int) -> tuple[bool, int]:
         """Frame as much of ``buf[pos:]`` as is there, without an event per piece (a
@@ -334,6 +345,9 @@ class _ChunkedDecoder:
     def _trailer(self, buf: bytes, pos: int) -> tuple[Data | EndOfMessage | None, int]:
         # Trailer fields are read (bounded) and dropped: Docker uses none, and
         # forwarding them would let a client add headers after the decision.
+        if buf.startswith(b"\r\n", pos):
+            self._state = "done"  # the empty line that ends it, at once: the usual case
+            return END, pos + 2
         while True:
             line = self._line(buf, pos, self._max_trailer)
             if line is None:
