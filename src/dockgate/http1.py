@@ -291,8 +291,9 @@ class _ChunkedDecoder:
 
     def _size_line(self, buf: bytes, pos: int) -> int | None:
         """Read the chunk size line at ``pos``: the position after it, None if incomplete."""
-        match = _CHUNK_SIZE_LINE.match(buf, pos)
-        if match is not None and match.end() - pos <= _MAX_CHUNK_LINE + 2:
+        # endpos: a match is within the limit, and the search never runs past it.
+        match = _CHUNK_SIZE_LINE.match(buf, pos, pos + _MAX_CHUNK_LINE + 2)
+        if match is not None:
             after = match.end()
         else:
             # Incomplete, too long or malformed: the line-by-line checks say which.
