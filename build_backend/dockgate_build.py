@@ -32,8 +32,8 @@ __all__ = ["COMPILED", "build_editable", "build_sdist", "build_wheel", "compile_
 # upstream pool and proxy (whose Host trait the connection calls natively).
 COMPILED = [f"src/dockgate/{name}.py" for name in (
     "http1", "routes", "decision", "compat", "policy_decider", "policy_match", "metrics",
-    "shell/audit", "shell/connection", "shell/forward", "shell/relay", "shell/upstream",
-    "shell/proxy")]
+    "shell/audit", "shell/connection", "shell/feeds", "shell/forward", "shell/relay",
+    "shell/upstream", "shell/proxy")]
 
 
 def compile_requested() -> bool:

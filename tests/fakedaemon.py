@@ -596,9 +596,79 @@ def is_closed(sock: socket.socket, timeout: float = 5.0) -> bool:
         return True
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def open_fds() -> int:
     """File descriptors this process holds (the in-process proxy's included)."""
     return len(os.listdir("/proc/self/fd"))
+
+
+class EventClient:
+    """A client following one events stream (``GET target``) on a raw socket, read with h11.
+
+    ``source``: the local address to connect from (a policy may tell clients by it).
+    """
+
+    def __init__(self, port: int, target: str, source: str | None = None) -> None:
+        if source is None:
+            self.sock = connect(port)
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                                 source_address=(source, 0))
+        self.sock.settimeout(10)
+        self.h11 = h11.Connection(h11.CLIENT)
+        request = h11.Request(method="GET", target=target, headers=[("Host", "docker")])
+        self.sock.sendall(self.h11.send(request) + self.h11.send(h11.EndOfMessage()))
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body = bytearray()
+        self.newlines = 0
+        self.ended = False
+
+    def _next(self) -> None:
+        event = self.h11.next_event()
+        if event is h11.NEED_DATA:
+            self.h11.receive_data(self.sock.recv(65536))
+        elif isinstance(event, h11.Response):
+            self.status = event.status_code
+            self.headers = {k.decode().lower(): v.decode() for k, v in event.headers}
+        elif isinstance(event, h11.Data):
+            self.body += event.data
+            self.newlines += event.data.count(b"\n")
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            self.ended = True
+
+    def head(self) -> int:
+        while not self.status:
+            self._next()
+        return self.status
+
+    def lines(self, count: int) -> list[bytes]:
+        """The first ``count`` lines of the body (waiting for them)."""
+        while self.newlines < count and not self.ended:
+            self._next()
+        return bytes(self.body).splitlines(keepends=True)[:count]
+
+    def read_until(self, data: bytes) -> None:
+        while data not in self.body and not self.ended:
+            self._next()
+        assert data in self.body
+
+    def until_end(self) -> bytes:
+        while not self.ended:
+            self._next()
+        return bytes(self.body)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 from fakedaemon import (
     FakeConnection,
@@ -22,6 +21,7 @@ from fakedaemon import (
     open_fds,
     read_replies,
     run_proxy,
+    wait_for,
 )
 
 EXEC_BODY = b'{"Detach":false,"Tty":false}'
@@ -52,16 +52,6 @@ def read_exactly(sock: socket.socket, size: int, already: bytes = b"") -> bytes:
         assert chunk, f"closed after {data!r}"
         data += chunk
     return data
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def exec_start(body: bytes = EXEC_BODY, extra: bytes = b"") -> bytes:
@@ -236,8 +226,9 @@ def test_client_leaving_a_quiet_stream_closes_the_daemon_side(fake: FakeDaemon) 
     with run_proxy(f"unix://{fake.path}") as proxy:
         before = open_fds()
         clients = [connect(proxy.port) for _ in range(20)]
-        for sock in clients:
-            sock.sendall(b"GET /events HTTP/1.1\r\nHost: d\r\n\r\n")
+        for n, sock in enumerate(clients):
+            # Each its own question: the same one would share a daemon stream (feeds).
+            sock.sendall(b"GET /events?filters=%d HTTP/1.1\r\nHost: d\r\n\r\n" % n)
             assert read_head(sock)[0].startswith(b"HTTP/1.1 200")
         assert wait_for(lambda: fake.open_connections == 20)
         for sock in clients:

@@ -143,6 +143,13 @@ class ResponseHead:
         self._headers: Headers | None = None
         self._end_to_end: Headers | None = None
 
+    def copy(self) -> ResponseHead:
+        """The same head with field lists of its own (callers extend ``end_to_end``)."""
+        return ResponseHead(self.status, self.reason, self.version, self.fields,
+                            content_length=self.content_length, chunked=self.chunked,
+                            keep_alive=self.keep_alive, has_body=self.has_body,
+                            content_type=self.content_type, forward=self.forward)
+
     @property
     def headers(self) -> Headers:
         """The fields as received, original case."""
@@ -763,10 +770,7 @@ class ResponseReader:
             # exist, since callers extend them.
             if head._headers is None and head._end_to_end is None:
                 return head
-            return ResponseHead(head.status, head.reason, head.version, head.fields,
-                                content_length=head.content_length, chunked=head.chunked,
-                                keep_alive=head.keep_alive, has_body=head.has_body,
-                                content_type=head.content_type, forward=head.forward)
+            return head.copy()
         head = self._parse_new_head(raw)
         self._last_raw, self._last_method, self._last_head = raw, self._method, head
         return head

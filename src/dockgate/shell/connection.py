@@ -62,6 +62,7 @@ from dockgate.decision import (
 from dockgate.errors import BodyTooLarge, HTTPError, Overloaded, ProtocolError, RequestTimeout
 from dockgate.settings import Settings
 from dockgate.shell import audit
+from dockgate.shell.feeds import Feeds, shareable
 from dockgate.shell.forward import CONTINUE, ClientGoneError, Flight, Origin, upstream_head
 from dockgate.shell.hijack import Session
 from dockgate.shell.listeners import Identifier, Listener, client_for
@@ -74,6 +75,7 @@ HIGH_WATER: Final = 1 << 20        # request bytes buffered before the client is
 MAX_DECIDE_ROUNDS: Final = 4       # container facts, then body: two rounds suffice today
 LINGER_SECONDS: Final = 2.0  # how long a refused client may go on sending its body
 _RAW_KINDS: Final = (routes.Stream.HIJACK, routes.Stream.UPGRADE, routes.Stream.WEBSOCKET)
+EVENTS: Final = "system.events"  # live ones share a daemon subscription: see feeds
 
 _ROUTE_CACHE: dict[tuple[str, str], Request] = {}
 _ROUTE_CACHE_SIZE: Final = 4096
@@ -115,6 +117,7 @@ class Host:
     settings: Settings
     decider: Decider
     upstream: Upstream
+    feeds: Feeds
     shutting_down: bool
     recorder: learnlog.Observer | None
 
@@ -726,8 +729,11 @@ class ClientConnection(asyncio.Protocol, Origin):
             raw_head = upstream_head(head, allow, body, upgrade)
             if body is None:
                 self._last_forward = (head, allow.target, upgrade, raw_head)
+        assert self._record is not None
+        shared = (self._record.operation == EVENTS and not head.has_body
+                  and shareable(allow.target or head.target))
         self._flight = flight = Flight(self, head, allow, stream, body=body, upgrade=upgrade,
-                                       raw_head=raw_head, streamed=streamed)
+                                       raw_head=raw_head, streamed=streamed, shared=shared)
         flight.start()
 
     # forward.Origin --------------------------------------------------------------------------
@@ -735,6 +741,10 @@ class ClientConnection(asyncio.Protocol, Origin):
     @property
     def pool(self) -> Upstream:
         return self.proxy.upstream
+
+    @property
+    def feeds(self) -> Feeds:
+        return self.proxy.feeds
 
     async def next_body_event(self) -> http1.Data | http1.EndOfMessage:
         while True:

@@ -23,6 +23,7 @@ from mypy_extensions import trait
 from dockgate import http1, metrics, routes
 from dockgate.decision import Allow
 from dockgate.errors import ProtocolError, UpstreamError
+from dockgate.shell.feeds import Feeds
 from dockgate.shell.relay import Downstream, Exchange, Outcome
 from dockgate.shell.upstream import Upstream, UpstreamConnection
 
@@ -43,6 +44,10 @@ class Origin(Downstream):
     @property
     @abstractmethod
     def pool(self) -> Upstream: ...
+
+    @property
+    @abstractmethod
+    def feeds(self) -> Feeds: ...
 
     @abstractmethod
     def write(self, data: bytes) -> None:
@@ -107,12 +112,13 @@ class Flight:
     """One request on its way to the daemon; see the module docstring."""
 
     __slots__ = ("allow", "attempt", "body", "body_done", "conn", "exchange", "head",
-                 "origin", "outcome", "pool", "raw_head", "stream", "streamed",
+                 "origin", "outcome", "pool", "raw_head", "shared", "stream", "streamed",
                  "streaming_body", "upgrade")
 
     def __init__(self, origin: Origin, head: http1.RequestHead, allow: Allow,
                  stream: routes.Stream, *, body: bytes | None, upgrade: bytes | None,
-                 raw_head: bytes, streamed: list[http1.Data | http1.EndOfMessage]) -> None:
+                 raw_head: bytes, streamed: list[http1.Data | http1.EndOfMessage],
+                 shared: bool = False) -> None:
         self.origin = origin
         self.pool = origin.pool
         self.head = head
@@ -122,6 +128,7 @@ class Flight:
         self.upgrade = upgrade
         self.raw_head = raw_head
         self.streamed = streamed          # body events framed before forwarding
+        self.shared = shared              # a live events stream: a tap on the shared feed
         self.attempt = 0
         self.body_done = not head.has_body or body is not None
         self.streaming_body = False
@@ -130,6 +137,10 @@ class Flight:
         self.outcome: Outcome | None = None
 
     def start(self) -> None:
+        if self.shared:
+            self._send(self.origin.feeds.tap(self.allow.target or self.head.target,
+                                             self.raw_head))
+            return
         conn = self.pool.take_idle()
         if conn is not None:
             self._send(conn)
@@ -155,7 +166,7 @@ class Flight:
         head = self.head
         exchange = Exchange(origin, conn, head, response_filter=self.allow.response_filter,
                             stream=self.stream, upgrade=self.upgrade,
-                            error_answer=self.allow.error_answer)
+                            error_answer=self.allow.error_answer, decoded=self.shared)
         self.conn = conn
         self.exchange = exchange
         self.outcome = None
@@ -234,14 +245,18 @@ class Flight:
             self.start()
             return
         origin.attach(None, None)
+        # A shared feed counts its own daemon connection's failures, once (feeds).
+        counted = not self.shared
         if outcome == "lost":
-            metrics.count_upstream_error("lost")
+            if counted:
+                metrics.count_upstream_error("lost")
             conn.abort()
             origin.refused(502, exchange.error or self.pool.unreachable_message(
                 "connection lost"), not self.body_done)
             return
         if outcome == "broken":
-            metrics.count_upstream_error("broken")
+            if counted:
+                metrics.count_upstream_error("broken")
             conn.abort()
             origin.broken(exchange.status)
             return

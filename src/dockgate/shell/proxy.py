@@ -28,6 +28,7 @@ from dockgate.settings import Settings
 from dockgate.shell import audit
 from dockgate.shell.connection import ClientConnection, Host
 from dockgate.shell.containers import ContainerDirectory, names_containers
+from dockgate.shell.feeds import Feeds
 from dockgate.shell.listeners import (
     BoundListener,
     Listener,
@@ -49,6 +50,7 @@ class Proxy(Host):
         self.settings = settings
         self.decider = decider
         self.upstream = Upstream(settings.upstream_url, settings.connect_timeout)
+        self.feeds = Feeds(self.upstream)
         self.listeners = [Listener(url) for url in settings.listeners]
         self.connections: set[ClientConnection] = set()
         self.servers: list[asyncio.Server] = []

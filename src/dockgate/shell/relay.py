@@ -74,7 +74,7 @@ class Exchange:
     def __init__(self, client: Downstream, conn: UpstreamConnection,
                  head: http1.RequestHead, *, response_filter: ResponseFilter | None,
                  stream: routes.Stream, upgrade: bytes | None,
-                 error_answer: ErrorAnswer | None = None) -> None:
+                 error_answer: ErrorAnswer | None = None, decoded: bool = False) -> None:
         self.client = client
         self.conn = conn
         self.head = head
@@ -83,9 +83,10 @@ class Exchange:
         self.stream = stream
         self.upgrade = upgrade
         # An HTTP/1.1 client gets a chunked body as the daemon chunked it, unless a
-        # filter or an error rewrite must read it (the reader then decodes it).
+        # filter or an error rewrite must read it (the reader then decodes it), or the
+        # body comes decoded anyway (``decoded``: a shared feed, see feeds).
         self.passthrough = (head.version == "1.1" and response_filter is None
-                            and error_answer is None)
+                            and error_answer is None and not decoded)
         self.out: list[bytes | memoryview] = []
         self.finished = False
         self.started = False
