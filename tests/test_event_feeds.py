@@ -9,6 +9,8 @@ be made to do; tests/test_event_feeds_daemon.py checks the same against dockerd.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import queue
 import select
 import threading
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dockgate.shell import feeds
+from dockgate.shell import audit, feeds
 from fakedaemon import (
     EventClient,
     FakeConnection,
@@ -187,8 +189,12 @@ def test_a_client_that_stops_reading_is_cut_off_and_the_others_go_on(
     event = b'{"pad":"' + b"x" * 1000 + b'"}\n'
     # Well past the lag allowed plus what the sockets' buffers take on loopback.
     count = (feeds.MAX_LAG + 32 * (1 << 20)) // len(event)
-    with run_proxy(f"unix://{fake.path}") as proxy, followers(proxy.port, 2) as (reader,
-                                                                                stalled):
+    lines = io.StringIO()
+    audit.audit_to(audit.AuditWriter(lines))
+    with contextlib.ExitStack() as stack:
+        stack.callback(audit.audit_to, None)
+        proxy = stack.enter_context(run_proxy(f"unix://{fake.path}"))
+        reader, stalled = stack.enter_context(followers(proxy.port, 2))
         sent = 0
         while sent < count:
             batch = min(256, count - sent)
@@ -205,6 +211,11 @@ def test_a_client_that_stops_reading_is_cut_off_and_the_others_go_on(
         assert 0 < held < count * len(event)
         assert len(source.streams) == 1
         assert fake.open_connections == 1
+    # The audit line of the cut-off stream says why it ended.
+    reasons = [r.get("reason", "") for r in map(json.loads, lines.getvalue().splitlines())
+               if r["event"] == "request"]
+    assert any("fell more than 4 MiB behind the shared event stream" in reason
+               for reason in reasons), reasons
 
 
 def test_a_daemon_that_cannot_be_reached_answers_each_waiting_client_502() -> None:

@@ -784,8 +784,11 @@ class ClientConnection(asyncio.Protocol, Origin):
         self._record.reason = message
         self._finish(self._answer_error(status, message, flight.head, close), status)
 
-    def broken(self, status: int) -> None:
+    def broken(self, status: int, reason: str | None = None) -> None:
         self._flight = None
+        record = self._record
+        if reason is not None and record is not None and record.reason is None:
+            record.reason = reason
         self.abort()
         self._finish(False, status)
 

@@ -74,8 +74,10 @@ class Origin(Downstream):
         """Nothing reached the client yet: answer ``status`` with ``message``."""
 
     @abstractmethod
-    def broken(self, status: int) -> None:
-        """Part of an answer (or nothing, the client being gone) went out: abort."""
+    def broken(self, status: int, reason: str | None = None) -> None:
+        """Part of an answer (or nothing, the client being gone) went out: abort.
+
+        ``reason``: why the answer broke off, for the audit line."""
 
 
 def upstream_head(head: http1.RequestHead, allow: Allow, body: bytes | None,
@@ -258,7 +260,7 @@ class Flight:
             if counted:
                 metrics.count_upstream_error("broken")
             conn.abort()
-            origin.broken(exchange.status)
+            origin.broken(exchange.status, exchange.error)
             return
         if exchange.upstream_reusable and self.body_done and not origin.eof:
             self.pool.release(conn)  # (after a half-close the daemon got one too)
