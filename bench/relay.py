@@ -107,6 +107,7 @@ async def _serve(listener: socket.socket, upstream: str) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # held since before the fork
     server = await loop.create_server(lambda: _Client(upstream), sock=listener)
     await stop.wait()
     server.close()
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     listener.bind((host, int(port)))
     listener.listen(1024)
     children = []
+    # SIGTERM waits (blocked) until each process has its handler: one arriving while
+    # the workers start still stops them all.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     for _ in range(args.workers):
         pid = os.fork()
         if pid == 0:
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.kill(child, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     for child in children:
         os.waitpid(child, 0)
     return 0
