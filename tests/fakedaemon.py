@@ -671,6 +671,20 @@ class EventClient:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def followers(port: int, target: str, count: int,
+              source: str | None = None) -> Iterator[list[EventClient]]:
+    """``count`` clients following ``GET target``, each past its 200 head; closed after."""
+    clients = [EventClient(port, target, source) for _ in range(count)]
+    try:
+        for client in clients:
+            assert client.head() == 200
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A fake Docker daemon that records requests.")
     parser.add_argument("--socket", required=True, help="unix socket path to listen on")

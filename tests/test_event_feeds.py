@@ -15,7 +15,6 @@ import queue
 import select
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -26,6 +25,7 @@ from fakedaemon import (
     FakeDaemon,
     Received,
     connect,
+    followers,
     run_proxy,
     wait_for,
 )
@@ -78,22 +78,10 @@ def source(fake: FakeDaemon) -> EventSource:
     return handler
 
 
-@contextlib.contextmanager
-def followers(port: int, count: int, target: str = LIVE) -> Iterator[list[EventClient]]:
-    clients = [EventClient(port, target) for _ in range(count)]
-    try:
-        for client in clients:
-            assert client.head() == 200
-        yield clients
-    finally:
-        for client in clients:
-            client.close()
-
-
 def test_clients_asking_the_same_live_events_share_one_daemon_stream(
         fake: FakeDaemon, source: EventSource) -> None:
     """Three clients, one daemon request; a fourth joining later gets what follows."""
-    with run_proxy(f"unix://{fake.path}") as proxy, followers(proxy.port, 3) as clients:
+    with run_proxy(f"unix://{fake.path}") as proxy, followers(proxy.port, LIVE, 3) as clients:
         source.wait_for_streams(1)
         source.send(b'{"n":1}\n')
         for client in clients:
@@ -112,7 +100,7 @@ def test_clients_asking_the_same_live_events_share_one_daemon_stream(
         # The last client gone, the daemon stream is closed too.
         assert wait_for(lambda: fake.open_connections == 0)
         # and the next follower opens a new one.
-        with followers(proxy.port, 1):
+        with followers(proxy.port, LIVE, 1):
             source.wait_for_streams(2)
 
 
@@ -122,14 +110,14 @@ def test_streams_that_replay_or_end_get_a_daemon_stream_each(
         fake: FakeDaemon, source: EventSource, query: str) -> None:
     """since/until (any spelling, even inside a filter) belong to one client."""
     with run_proxy(f"unix://{fake.path}") as proxy, \
-            followers(proxy.port, 2, f"/v1.41/events?{query}"):
+            followers(proxy.port, f"/v1.41/events?{query}", 2):
         source.wait_for_streams(2)
 
 
 def test_different_targets_get_different_daemon_streams(fake: FakeDaemon,
                                                         source: EventSource) -> None:
-    with run_proxy(f"unix://{fake.path}") as proxy, followers(proxy.port, 2), \
-            followers(proxy.port, 2, "/v1.41/events"):
+    with run_proxy(f"unix://{fake.path}") as proxy, followers(proxy.port, LIVE, 2), \
+            followers(proxy.port, "/v1.41/events", 2):
         source.wait_for_streams(2)
         assert sorted(source.targets) == sorted([LIVE, "/v1.41/events"])
 
@@ -137,7 +125,7 @@ def test_different_targets_get_different_daemon_streams(fake: FakeDaemon,
 def test_a_client_joining_mid_event_starts_at_the_next_one(fake: FakeDaemon,
                                                            source: EventSource) -> None:
     """An event split across reads: a client joining in between never sees half of it."""
-    with run_proxy(f"unix://{fake.path}") as proxy, followers(proxy.port, 1) as (first,):
+    with run_proxy(f"unix://{fake.path}") as proxy, followers(proxy.port, LIVE, 1) as (first,):
         source.wait_for_streams(1)
         source.send(b'{"n":1,')
         first.read_until(b'{"n":1,')  # relayed: the proxy read it, so the join is mid-event
@@ -152,7 +140,7 @@ def test_a_client_joining_mid_event_starts_at_the_next_one(fake: FakeDaemon,
 
 def test_an_http_1_0_client_gets_the_shared_events_close_delimited(
         fake: FakeDaemon, source: EventSource) -> None:
-    with run_proxy(f"unix://{fake.path}") as proxy, followers(proxy.port, 1) as (modern,):
+    with run_proxy(f"unix://{fake.path}") as proxy, followers(proxy.port, LIVE, 1) as (modern,):
         with connect(proxy.port) as old:
             old.sendall(f"GET {LIVE} HTTP/1.0\r\n\r\n".encode())
             received = old.recv(65536)
@@ -171,7 +159,7 @@ def test_an_http_1_0_client_gets_the_shared_events_close_delimited(
 def test_the_daemon_ending_the_stream_ends_every_client_and_each_may_go_on(
         fake: FakeDaemon, source: EventSource) -> None:
     """The last chunk reaches everyone; each connection then carries its next request."""
-    with run_proxy(f"unix://{fake.path}") as proxy, followers(proxy.port, 2) as clients:
+    with run_proxy(f"unix://{fake.path}") as proxy, followers(proxy.port, LIVE, 2) as clients:
         source.send(b'{"n":1}\n')
         source.send(None)
         for client in clients:
@@ -179,7 +167,7 @@ def test_the_daemon_ending_the_stream_ends_every_client_and_each_may_go_on(
             client.sock.sendall(b"GET /v1.41/_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
             assert client.sock.recv(65536).startswith(b"HTTP/1.1 200")
         # A new follower opens a new daemon stream: the ended feed is gone.
-        with followers(proxy.port, 1):
+        with followers(proxy.port, LIVE, 1):
             source.wait_for_streams(2)
 
 
@@ -194,7 +182,7 @@ def test_a_client_that_stops_reading_is_cut_off_and_the_others_go_on(
     with contextlib.ExitStack() as stack:
         stack.callback(audit.audit_to, None)
         proxy = stack.enter_context(run_proxy(f"unix://{fake.path}"))
-        reader, stalled = stack.enter_context(followers(proxy.port, 2))
+        reader, stalled = stack.enter_context(followers(proxy.port, LIVE, 2))
         sent = 0
         while sent < count:
             batch = min(256, count - sent)
@@ -259,7 +247,7 @@ def test_a_pooled_connection_the_daemon_had_closed_is_retried_once(
         with connect(proxy.port) as sock:  # leaves an idle connection in the pool
             sock.sendall(b"GET /v1.41/_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-        with followers(proxy.port, 1) as (client,):
+        with followers(proxy.port, LIVE, 1) as (client,):
             source.send(b'{"n":1}\n')
             assert client.lines(1) == [b'{"n":1}\n']
         assert closed == [LIVE]

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,7 +21,7 @@ import docker
 import pytest
 
 from conftest import ALL_ON, DockgateProcess, StartDockgate, unique_name
-from fakedaemon import EventClient
+from fakedaemon import followers
 
 pytestmark = pytest.mark.daemon
 
@@ -45,19 +44,6 @@ def events_target(label: str) -> str:
     return "/v1.41/events?filters=" + quote(json.dumps({"label": [label]}))
 
 
-@contextlib.contextmanager
-def followers(proxy: DockgateProcess, target: str, count: int,
-              source: str | None = None) -> Iterator[list[EventClient]]:
-    clients = [EventClient(proxy.port, target, source) for _ in range(count)]
-    try:
-        for client in clients:
-            assert client.head() == 200
-        yield clients
-    finally:
-        for client in clients:
-            client.close()
-
-
 def created(docker_client: docker.DockerClient, image: str, label: str,
             name: str | None = None) -> Any:
     key, value = label.split("=")
@@ -77,14 +63,14 @@ def test_followers_of_the_same_events_share_one_daemon_stream_byte_for_byte(
     proxy = start_dockgate(env=ALL_ON)
     target = events_target(label)
     before = sockets(proxy)
-    with followers(proxy, target, 20) as clients:
+    with followers(proxy.port, target, 20) as clients:
         assert sockets(proxy) - before <= 20 + 1  # unshared, it would be 40
         container = created(docker_client, busybox_image, label)
         first = clients[0].lines(1)
         assert actions(first) == [("create", container.name)]
         for client in clients:
             assert client.lines(1) == first
-        with followers(proxy, target, 1) as (late,):
+        with followers(proxy.port, target, 1) as (late,):
             container.remove()
             (destroy,) = late.lines(1)
             assert actions([destroy]) == [("destroy", container.name)]
@@ -114,8 +100,8 @@ default: everything
     proxy = start_dockgate(args=["--policy", str(policy)])
     target = events_target(label)
     before = sockets(proxy)
-    with followers(proxy, target, 5, source="127.0.0.2") as scoped, \
-            followers(proxy, target, 5) as unscoped:
+    with followers(proxy.port, target, 5, source="127.0.0.2") as scoped, \
+            followers(proxy.port, target, 5) as unscoped:
         assert sockets(proxy) - before <= 10 + 1  # unshared, it would be 20
         theirs = created(docker_client, busybox_image, label)
         own = created(docker_client, busybox_image, label, name=mine)
