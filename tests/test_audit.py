@@ -6,14 +6,19 @@ wrote, as an operator's log shipper would.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from conftest import free_port, wait_for_port
 from dockgate.shell import audit
@@ -122,3 +127,63 @@ def test_every_line_of_a_json_run_parses_with_one_type_per_key(fake: FakeDaemon)
 def test_the_time_format_is_utc_with_milliseconds() -> None:
     """The exact form the schema promises, checked on a known instant."""
     assert audit.timestamp(1796161217.1239) == "2026-12-01T21:40:17.123Z"
+
+
+def test_request_durations_are_milliseconds_with_three_decimals() -> None:
+    lines = io.StringIO()
+    audit.audit_to(audit.AuditWriter(lines))
+    try:
+        for seconds in (0.0, 0.0000004, 0.0000006, 0.000999, 0.0123456, 1.5):
+            audit.RequestRecord("GET", "/_ping", None).write("", seconds)
+    finally:
+        audit.audit_to(None)
+    durations = [re.search(r'"duration_ms":([0-9.]+)}', line).group(1)  # type: ignore[union-attr]
+                 for line in lines.getvalue().splitlines()]
+    assert durations == ["0.000", "0.000", "0.001", "0.999", "12.346", "1500.000"]
+
+
+def burst(writer: audit.AuditWriter, lines: list[str]) -> None:
+    """Write ``lines`` within one event-loop iteration, as a busy proxy does."""
+    async def main() -> None:
+        for line in lines:
+            writer.write(line)
+        await asyncio.sleep(0)
+    asyncio.run(main())
+
+
+def test_writes_to_a_socket_hold_whole_lines_and_at_most_pipe_buf_bytes() -> None:
+    """A seqpacket socket keeps each write one message, so the writes can be seen."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    lines = [f'{{"n":{n},"pad":"{"x" * (n % 300)}"}}\n' for n in range(200)]
+    with ours, theirs, os.fdopen(ours.detach(), "w", encoding="ascii") as stream:
+        burst(audit.AuditWriter(stream), lines)
+        theirs.setblocking(False)
+        messages = []
+        while True:
+            try:
+                messages.append(theirs.recv(1 << 17).decode())
+            except BlockingIOError:
+                break
+    assert "".join(messages) == "".join(lines)
+    assert len(messages) > 1
+    assert all(len(m) <= audit.PIPE_BUF and m.endswith("\n") for m in messages)
+
+
+def test_a_file_takes_a_burst_in_one_write_after_what_the_stream_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[int] = []
+    real_write = os.write
+
+    def counted(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    path = tmp_path / "audit.log"
+    lines = [f'{{"n":{n}}}\n' for n in range(2000)]
+    with open(path, "a", encoding="ascii") as stream:
+        stream.write("written through the stream first\n")
+        monkeypatch.setattr(os, "write", counted)
+        burst(audit.AuditWriter(stream), lines)
+        monkeypatch.undo()
+    assert path.read_text() == "written through the stream first\n" + "".join(lines)
+    assert writes == [len("".join(lines))]  # one write for the whole burst
