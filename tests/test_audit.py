@@ -15,6 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +189,17 @@ def test_a_file_takes_a_burst_in_one_write_after_what_the_stream_held(
         monkeypatch.undo()
     assert path.read_text() == "written through the stream first\n" + "".join(lines)
     assert writes == [len("".join(lines))]  # one write for the whole burst
+
+
+def test_request_lines_carry_the_wall_clock_time_they_end_at() -> None:
+    """Requests are timed on the monotonic clock; the stamp is still the wall clock's."""
+    lines = io.StringIO()
+    audit.audit_to(audit.AuditWriter(lines))
+    try:
+        before = time.time()
+        audit.RequestRecord("GET", "/_ping", None).write("", 0.25)
+        after = time.time()
+    finally:
+        audit.audit_to(None)
+    stamp = datetime.fromisoformat(json.loads(lines.getvalue())["time"]).timestamp()
+    assert before + 0.25 - 0.002 <= stamp <= after + 0.25  # milliseconds, truncated

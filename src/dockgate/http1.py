@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
@@ -86,24 +85,40 @@ class NeedData:
 NEED_DATA: Final = NeedData()
 
 
-@dataclass(slots=True)
 class RequestHead:
-    """A parsed, validated request head."""
+    """A parsed, validated request head.
 
-    method: str
-    target: str
-    version: str                    # "1.1" or "1.0"
-    headers: Headers                # as received, original case
-    keep_alive: bool
-    content_length: int | None      # None when chunked or no body
-    chunked: bool
-    upgrade: bytes | None           # the Upgrade value when Connection: upgrade asks for one
-    expect_continue: bool
-    size: int                       # bytes of the head on the wire
-    end_to_end: Headers             # ``headers`` without the hop-by-hop fields
-    has_host: bool
-    has_body: bool                  # a field, not a property: read several times a request
-    user_agent: str | None          # the first User-Agent, for the audit line
+    A plain class, not a dataclass, as are ``Data`` and ``EndOfMessage``: the compiled
+    build runs a dataclass's generated ``__init__`` as Python, several times slower,
+    and these are made for every request."""
+
+    __slots__ = ("chunked", "content_length", "end_to_end", "expect_continue", "has_body",
+                 "has_host", "headers", "keep_alive", "method", "size", "target", "upgrade",
+                 "user_agent", "version")
+
+    def __init__(self, method: str, target: str, version: str, headers: Headers, *,
+                 keep_alive: bool, content_length: int | None, chunked: bool,
+                 upgrade: bytes | None, expect_continue: bool, size: int,
+                 end_to_end: Headers, has_host: bool, has_body: bool,
+                 user_agent: str | None) -> None:
+        self.method = method
+        self.target = target
+        self.version = version                # "1.1" or "1.0"
+        self.headers = headers                # as received, original case
+        self.keep_alive = keep_alive
+        self.content_length = content_length  # None when chunked or no body
+        self.chunked = chunked
+        # The Upgrade value when Connection: upgrade asks for one.
+        self.upgrade = upgrade
+        self.expect_continue = expect_continue
+        self.size = size                      # bytes of the head on the wire
+        self.end_to_end = end_to_end          # ``headers`` without the hop-by-hop fields
+        self.has_host = has_host
+        self.has_body = has_body              # a field: read several times a request
+        self.user_agent = user_agent          # the first User-Agent, for the audit line
+
+    def __repr__(self) -> str:
+        return f"RequestHead({self.method} {self.target!r} HTTP/{self.version})"
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lowercase), or None."""
@@ -184,14 +199,22 @@ class ResponseHead:
         return self.has_body and not self.chunked and self.content_length is None
 
 
-@dataclass(slots=True)
 class Data:
-    data: bytes | memoryview
+    """A piece of a message's body."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Data({bytes(self.data)!r})"
 
 
-@dataclass(slots=True)
 class EndOfMessage:
-    pass
+    """The message's body is complete."""
+
+    __slots__ = ()
 
 
 END: Final = EndOfMessage()
@@ -583,10 +606,11 @@ def _frame(method: str, target: str, version: str, headers: Headers, size: int) 
                   else b"keep-alive" in connection)
     if b"upgrade" not in connection:
         upgrade = None
-    return RequestHead(method, target, version, headers, keep_alive, content_length,
-                       chunked, upgrade, expect_continue, size,
-                       _end_to_end(kept, connection), hosts > 0,
-                       chunked or bool(content_length), user_agent)
+    return RequestHead(method, target, version, headers, keep_alive=keep_alive,
+                       content_length=content_length, chunked=chunked, upgrade=upgrade,
+                       expect_continue=expect_continue, size=size,
+                       end_to_end=_end_to_end(kept, connection), has_host=hosts > 0,
+                       has_body=chunked or bool(content_length), user_agent=user_agent)
 
 
 def _end_to_end(kept: list[tuple[bytes, bytes, bytes]], named: set[bytes]) -> Headers:

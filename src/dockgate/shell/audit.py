@@ -175,17 +175,30 @@ def records_allowed() -> bool:
     return _destination.writer is not None and _destination.allowed
 
 
+_monotonic: Final = time.monotonic  # bound once: no module lookup per call
+
+
 class _Clock:
     """RFC 3339 UTC with milliseconds: the seconds part is formatted once per second,
-    the whole stamp once per millisecond (a busy proxy writes many lines in one)."""
+    the whole stamp once per millisecond (a busy proxy writes many lines in one).
+
+    Requests are timed on the monotonic clock; the wall clock is read once a second
+    (``offset``), so a request's line costs no clock read of its own and a change of
+    the system time shows within a second."""
 
     second = -1
     prefix = ""
     millisecond = -1
     stamp = ""
+    offset = 0.0     # wall clock minus monotonic clock
+    refresh = -1.0   # the monotonic time after which ``offset`` is read again
 
-    def now(self) -> str:
-        millisecond = int(time.time() * 1000)
+    def now(self, monotonic: float) -> str:
+        """The stamp for ``monotonic`` (a ``time.monotonic()`` reading of now)."""
+        if monotonic >= self.refresh:
+            self.offset = time.time() - _monotonic()
+            self.refresh = monotonic + 1.0
+        millisecond = int((monotonic + self.offset) * 1000)
         if millisecond != self.millisecond:
             self.millisecond = millisecond
             second = millisecond // 1000
@@ -232,7 +245,7 @@ def write(event: str, connection: str, level: str = "info", **fields: Any) -> No
     writer = _destination.writer
     if writer is None:
         return
-    parts = [_clock.now(), f',"level":"{level}"', connection, f',"event":"{event}"']
+    parts = [_clock.now(_monotonic()), f',"level":"{level}"', connection, f',"event":"{event}"']
     parts.extend(f",{quote(key)}:{_value(value)}" for key, value in fields.items()
                  if value is not None)
     parts.append("}\n")
@@ -271,7 +284,7 @@ class RequestRecord:
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self.started = time.monotonic()
+        self.started = _monotonic()
 
     def _middle(self) -> str:
         """The fields that repeat from one request to the next, escaped."""
@@ -302,7 +315,7 @@ class RequestRecord:
         return f"{_destination.id_prefix}{self.number:x}"
 
     def elapsed_ms(self) -> float:
-        return (time.monotonic() - self.started) * 1000
+        return (_monotonic() - self.started) * 1000
 
     def write(self, connection: str, seconds: float) -> None:
         """The request line (``seconds`` it took); allowed requests only when the switch
@@ -319,9 +332,10 @@ class RequestRecord:
                 if len(_MIDDLES) >= _MIDDLE_CACHE_SIZE:
                     _MIDDLES.clear()
                 _MIDDLES[key] = middle
-        # The two formatted numbers apart: the compiled build turns an f-string with a
-        # format spec into a str.format call that parses the whole template each time.
-        number = format(self.number, "x")
+        # The numbers formatted apart: the compiled build turns an f-string with a
+        # format spec into a str.format call that parses the whole template each time
+        # (and hex() parses no spec at all).
+        number = hex(self.number)[2:]
         # Milliseconds with three decimals from whole microseconds: integer formatting
         # costs a fraction of a float's.
         micro = int(seconds * 1_000_000 + 0.5)
@@ -329,7 +343,8 @@ class RequestRecord:
         if micro < 1000:
             digits = ("000" + digits)[-4:]
         duration = f"{digits[:-3]}.{digits[-3:]}"
-        writer.write(f'{_clock.now()},"level":"info"{connection},"event":"request",'
+        stamp = _clock.now(self.started + seconds)
+        writer.write(f'{stamp},"level":"info"{connection},"event":"request",'
                      f'"request_id":"{_destination.id_prefix}{number}"{middle},'
                      f'"status":{self.status},"bytes_in":{self.bytes_in},'
                      f'"bytes_out":{self.bytes_out},"duration_ms":{duration}}}\n')
