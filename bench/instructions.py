@@ -21,7 +21,6 @@ Needs valgrind (Debian's package); about a minute per answer.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -39,7 +38,7 @@ def instructions(answer: str, requests: int, out: Path) -> int:
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
          sys.executable, str(INPROCESS), "--answer", answer, "--requests", str(requests),
          "--repeat", "1"],
-        capture_output=True, text=True, env=os.environ, check=False)
+        capture_output=True, text=True, check=False)
     found = COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
         raise SystemExit(f"bench/inprocess.py under callgrind failed:\n{done.stderr[-2000:]}")

@@ -312,7 +312,8 @@ class RequestRecord:
 
     @property
     def request_id(self) -> str:
-        return f"{_destination.id_prefix}{self.number:x}"
+        # hex(), not an f-string format spec: see write.
+        return _destination.id_prefix + hex(self.number)[2:]
 
     def elapsed_ms(self) -> float:
         return (_monotonic() - self.started) * 1000
@@ -335,7 +336,7 @@ class RequestRecord:
         # The numbers formatted apart: the compiled build turns an f-string with a
         # format spec into a str.format call that parses the whole template each time
         # (and hex() parses no spec at all).
-        number = hex(self.number)[2:]
+        request_id = self.request_id
         # Milliseconds with three decimals from whole microseconds: integer formatting
         # costs a fraction of a float's.
         micro = int(seconds * 1_000_000 + 0.5)
@@ -345,6 +346,6 @@ class RequestRecord:
         duration = f"{digits[:-3]}.{digits[-3:]}"
         stamp = _clock.now(self.started + seconds)
         writer.write(f'{stamp},"level":"info"{connection},"event":"request",'
-                     f'"request_id":"{_destination.id_prefix}{number}"{middle},'
+                     f'"request_id":"{request_id}"{middle},'
                      f'"status":{self.status},"bytes_in":{self.bytes_in},'
                      f'"bytes_out":{self.bytes_out},"duration_ms":{duration}}}\n')
