@@ -421,3 +421,34 @@ def test_serialized_heads_round_trip_through_h11() -> None:
     assert isinstance(response, h11.Response)
     assert response.status_code == 404
     assert response.reason == b"Not Found"
+
+
+def test_empty_lines_before_a_request_line_are_skipped() -> None:
+    """RFC 9112 2.2: CRLFs before a request line are ignored, however the bytes split."""
+    data = (b"\r\n\r\nGET /a HTTP/1.1\r\nHost: d\r\n\r\n\r\n"
+            b"GET /b HTTP/1.1\r\nHost: d\r\n\r\n")
+    assert [(h.method, h.target, b) for h, b in both_ways(data)] == [
+        ("GET", "/a", b""), ("GET", "/b", b"")]
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"\r\n\r\n", b"x", b"x" * 3000]),
+                max_size=8), st.integers(0, 12))
+@settings(max_examples=300)
+def test_head_end_agrees_with_find(pieces: list[bytes], pos: int) -> None:
+    """The cheaper search for a head's end finds what bytes.find finds, on either side of
+    the size where it switches from partition to find."""
+    buf = b"".join(pieces)
+    assert http1._head_end(buf, pos) == buf.find(b"\r\n\r\n", pos)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 70000])
+def test_a_body_in_the_same_read_as_its_head_comes_out_whole(size: int) -> None:
+    """Below a few KiB the body is copied out of the read, above it is viewed: the
+    bytes are the same either way, and so is the end of the message."""
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    reader = http1.ResponseReader()
+    reader.expect("GET")
+    events = reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + body)
+    assert b"".join(bytes(e.data) for e in events if isinstance(e, http1.Data)) == body
+    assert isinstance(events[-1], http1.EndOfMessage)
+    assert reader.idle

@@ -35,7 +35,6 @@ info, as Tecnativa's HAProxy request log is) and denials are always recorded.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import select
 import stat
@@ -121,7 +120,7 @@ class _Destination:
     writer: AuditWriter | None = None
     allowed: bool = True          # record allowed requests too, not only denials
     pid: int = os.getpid()
-    ids = itertools.count(1)      # request ids: the pid in hex, a dash, a counter
+    last_id = 0                   # request ids: the pid in hex, a dash, a counter
     id_prefix = f"{os.getpid():x}-"
 
 
@@ -131,7 +130,7 @@ _destination: Final = _Destination()
 def _forked() -> None:
     # A forked worker starts with its parent's pending lines, which the parent writes.
     _destination.pid = os.getpid()
-    _destination.ids = itertools.count(1)
+    _destination.last_id = 0
     _destination.id_prefix = f"{os.getpid():x}-"
     if _destination.writer is not None:
         _destination.writer = AuditWriter(_destination.writer.stream)
@@ -176,6 +175,7 @@ def records_allowed() -> bool:
 
 
 _monotonic: Final = time.monotonic  # bound once: no module lookup per call
+_hex: Final = hex  # likewise: the compiled build looks a builtin up in its module per call
 
 
 class _Clock:
@@ -205,7 +205,8 @@ class _Clock:
             if second != self.second:
                 self.second = second
                 self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            fraction = format(millisecond % 1000, "03d")  # apart: see RequestRecord.write
+            # Three digits without a format spec (see RequestRecord.write).
+            fraction = str(1000 + millisecond % 1000)[1:]
             self.stamp = f'{{"time":"{self.prefix}.{fraction}Z"'
         return self.stamp
 
@@ -269,7 +270,9 @@ class RequestRecord:
 
     def __init__(self, method: str | None, target: str | None,
                  user_agent: str | None) -> None:
-        self.number = next(_destination.ids)  # formatted only when a line is written
+        # A counter of our own, not itertools.count: next() is a generic call.
+        self.number = number = _destination.last_id + 1  # formatted only when written
+        _destination.last_id = number
         self.method = method
         self.target = target
         self.user_agent = user_agent
@@ -313,10 +316,14 @@ class RequestRecord:
     @property
     def request_id(self) -> str:
         # hex(), not an f-string format spec: see write.
-        return _destination.id_prefix + hex(self.number)[2:]
+        return _destination.id_prefix + _hex(self.number)[2:]
+
+    def elapsed(self) -> float:
+        """Seconds since the request's head was read."""
+        return _monotonic() - self.started
 
     def elapsed_ms(self) -> float:
-        return (_monotonic() - self.started) * 1000
+        return self.elapsed() * 1000
 
     def write(self, connection: str, seconds: float) -> None:
         """The request line (``seconds`` it took); allowed requests only when the switch
@@ -343,9 +350,9 @@ class RequestRecord:
         digits = str(micro)
         if micro < 1000:
             digits = ("000" + digits)[-4:]
-        duration = f"{digits[:-3]}.{digits[-3:]}"
         stamp = _clock.now(self.started + seconds)
         writer.write(f'{stamp},"level":"info"{connection},"event":"request",'
                      f'"request_id":"{request_id}"{middle},'
                      f'"status":{self.status},"bytes_in":{self.bytes_in},'
-                     f'"bytes_out":{self.bytes_out},"duration_ms":{duration}}}\n')
+                     f'"bytes_out":{self.bytes_out},'
+                     f'"duration_ms":{digits[:-3]}.{digits[-3:]}}}\n')
