@@ -452,3 +452,21 @@ def test_a_body_in_the_same_read_as_its_head_comes_out_whole(size: int) -> None:
     assert b"".join(bytes(e.data) for e in events if isinstance(e, http1.Data)) == body
     assert isinstance(events[-1], http1.EndOfMessage)
     assert reader.idle
+
+
+def test_a_repeated_head_is_relayed_with_the_connection_field_asked_for() -> None:
+    """The relayed form is kept per head object: asking again with another Connection
+    line must not hand back the first one."""
+    reader = http1.ResponseReader()
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nOK"
+    heads = []
+    for _ in range(2):
+        reader.expect("GET")
+        heads.append(reader.feed(raw)[0])
+    first, second = heads
+    assert isinstance(first, http1.ResponseHead)
+    assert first is second  # the same bytes: the same head, parsed once
+    assert first.relayed(b"") == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    assert second.relayed(b"Connection: close\r\n") == (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
+    assert first.relayed(b"") == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"

@@ -152,8 +152,9 @@ class ResponseHead:
     needs ``forward`` alone.
     """
 
-    __slots__ = ("_end_to_end", "_headers", "chunked", "content_length", "content_type",
-                 "fields", "forward", "has_body", "keep_alive", "reason", "status", "version")
+    __slots__ = ("_end_to_end", "_headers", "_relayed", "_relayed_with", "chunked",
+                 "content_length", "content_type", "fields", "forward", "has_body",
+                 "keep_alive", "reason", "status", "version")
 
     def __init__(self, status: int, reason: bytes, version: str, fields: bytes, *,
                  content_length: int | None, chunked: bool, keep_alive: bool,
@@ -173,6 +174,20 @@ class ResponseHead:
         self.forward = forward
         self._headers: Headers | None = None
         self._end_to_end: Headers | None = None
+        self._relayed = b""
+        self._relayed_with = b""
+
+    def relayed(self, connection: bytes) -> bytes:
+        """The head as a proxy relays it when ``forward`` fits: the status line, the
+        ``forward`` lines and ``connection`` (a Connection field line, or nothing).
+        Kept for the last ``connection``: a repeated head is the same object (see
+        ``ResponseReader._parse_head``), so a poller's answers are formatted once."""
+        if not self._relayed or connection != self._relayed_with:
+            assert self.forward is not None
+            self._relayed = b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (self.status, self.reason,
+                                                              self.forward, connection)
+            self._relayed_with = connection
+        return self._relayed
 
     def copy(self) -> ResponseHead:
         """The same head with field lists of its own (callers extend ``end_to_end``)."""

@@ -76,7 +76,7 @@ LINGER_SECONDS: Final = 2.0  # how long a refused client may go on sending its b
 _RAW_KINDS: Final = (routes.Stream.HIJACK, routes.Stream.UPGRADE, routes.Stream.WEBSOCKET)
 EVENTS: Final = "system.events"  # live ones share a daemon subscription: see feeds
 
-_ROUTE_CACHE: dict[tuple[str, str], Request] = {}
+_ROUTE_CACHE: Final[dict[tuple[str, str], Request]] = {}
 _ROUTE_CACHE_SIZE: Final = 4096
 _ROUTE_CACHE_TARGET: Final = 256  # longer targets are rare and would let clients fill memory
 

@@ -209,10 +209,9 @@ class Exchange:
                     response.content_length is None or request.method == "HEAD"
                     or status == 304))):
             # The daemon's own field lines fit: its framing fields are ours.
-            connection = (b"" if self.keep_alive and client_11 else b"Connection: keep-alive\r\n"
-                          if self.keep_alive else b"Connection: close\r\n")
-            data = b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, response.reason, forward,
-                                                     connection)
+            data = response.relayed(b"" if self.keep_alive and client_11
+                                    else b"Connection: keep-alive\r\n" if self.keep_alive
+                                    else b"Connection: close\r\n")
         elif self.mode == "collect":
             self._headers = self._framing(response)
             return
