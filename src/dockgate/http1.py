@@ -71,17 +71,18 @@ _NOT_PRINTABLE: Final = re.compile(rb"[^\x21-\x7e]")  # a target is visible ASCI
 _MAX_CHUNK_LINE: Final = 4096  # a size line longer than this is not a Docker client
 
 
-# Below this size a body that came in the same read as its head is copied out of
-# the read instead of viewed: a bytes slice costs a quarter of a memoryview's.
-_SMALL_BODY: Final = 4096
+# Up to this size a copy costs less than avoiding it: a head's end is found with
+# partition (which copies), and a body that came in the same read as its head is
+# sliced out of the read instead of viewed (a memoryview slice costs about four
+# times a small bytes slice).
+_SMALL_COPY: Final = 4096
 
 
 def _head_end(buf: bytes, pos: int) -> int:
-    """``buf.find(b"\r\n\r\n", pos)``, cheaper for a head that starts the buffer:
-    find parses its arguments the slow way, partition takes one (and copies only the
-    head, and the rest when the buffer holds more than it, a body or the next
-    request)."""
-    if pos or len(buf) > _SMALL_BODY:
+    """``buf.find(b"\r\n\r\n", pos)``, cheaper for a small buffer that starts with the
+    head: find parses its arguments the slow way (PyArg_ParseTuple), partition takes
+    one."""
+    if pos or len(buf) > _SMALL_COPY:
         return buf.find(b"\r\n\r\n", pos)
     before, separator, _ = buf.partition(b"\r\n\r\n")
     return len(before) if separator else -1
@@ -750,7 +751,7 @@ class ResponseReader:
                     events.append(END)
             elif state == "length":
                 take = min(self._remaining, len(buf) - pos)
-                events.append(Data(buf[pos:pos + take] if take <= _SMALL_BODY
+                events.append(Data(buf[pos:pos + take] if take <= _SMALL_COPY
                                    else memoryview(buf)[pos:pos + take]))
                 pos += take
                 self._remaining -= take
